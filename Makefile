@@ -1,0 +1,45 @@
+# Everything runs from this project's own virtualenv (.venv), created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TINY := checkpoints/tiny
+CHECKPOINT ?= $(TINY)
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: help install checkpoint serve test configs docker clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to its CPU build; an unpinned torch pulls a CUDA build of several GB.
+	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test]'
+	# The tritonserver 2.51 binary and Python backend; its own Python API (and its pins) are not used.
+	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
+	touch $@
+
+install: $(STAMP) ## Create .venv with every dependency (CPU torch, tritonserver wheel)
+
+$(TINY)/config.json: $(STAMP) build/tiny_checkpoint.py
+	$(BIN)/python build/tiny_checkpoint.py $(TINY)
+
+checkpoint: $(TINY)/config.json ## Generate the tiny random-weight checkpoint in the real format
+
+serve: $(STAMP) $(if $(filter $(TINY),$(CHECKPOINT)),$(TINY)/config.json) ## Serve CHECKPOINT: OpenAI API on :8000, Triton gRPC :8001, metrics :8002
+	$(BIN)/python -m nanovl.launch --checkpoint $(CHECKPOINT) --port $(PORT)
+
+test: $(STAMP) ## Run the whole test suite (unit + a real tritonserver and frontend)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
+	$(BIN)/python -m nanovl.triton_config model_repository
+
+docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
+	docker build -t nanovl-triton:latest .
+
+clean: ## Remove the virtualenv, generated checkpoints and run files
+	rm -rf $(VENV) checkpoints .run

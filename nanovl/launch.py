@@ -1,0 +1,191 @@
+"""Starts tritonserver (from the nvidia-pytriton wheel on CPU, or the container's own) and the frontend.
+
+    python -m nanovl.launch [--checkpoint DIR] [--port 8000] [--grpc-port 8001] [--metrics-port 8002]
+
+Used by `make serve` and by the integration tests. Ctrl-C (SIGINT) or SIGTERM stops both processes.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import CHECKPOINT_ENV
+from .triton_config import REPOSITORY
+
+log = logging.getLogger("nanovl.launch")
+ROOT = REPOSITORY.parent
+
+
+def _pytriton_dir() -> Path:
+    spec = importlib.util.find_spec("pytriton")   # found, never imported: its own API is not used
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install --no-deps nvidia-pytriton==0.7.0")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+TRITONSERVER_ENV = "NANOVL_TRITONSERVER_DIR"   # a full install, e.g. /opt/tritonserver in NVIDIA's container
+
+
+def prepare_server(workdir: Path) -> Path:
+    """A tritonserver folder: $NANOVL_TRITONSERVER_DIR if set, else the wheel's bin/backends/caches plus this
+    Python's backend stub beside libtriton_python.so, where the backend looks for it (reused if ready)."""
+    if os.environ.get(TRITONSERVER_ENV):
+        return Path(os.environ[TRITONSERVER_ENV])
+    dist = workdir / "tritonserver"
+    stub = dist / "backends" / "python" / "triton_python_backend_stub"
+    if stub.exists():
+        return dist
+    source = _pytriton_dir() / "tritonserver"
+    for part in ("bin", "backends", "caches"):
+        shutil.copytree(source / part, dist / part, dirs_exist_ok=True, symlinks=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(source / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    return dist
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR") or ""]
+    if not env.get(TRITONSERVER_ENV):
+        libs.insert(0, str(_pytriton_dir().parent / "nvidia_pytriton.libs"))
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs + [env.get("LD_LIBRARY_PATH", "")] if p)
+    # The stub's embedded interpreter runs the first python3 on PATH: make it this environment's.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.setdefault("PYTHONPATH", str(ROOT))
+    env.update(extra or {})
+    return env
+
+
+def server_command(dist: Path, repository: Path, *, grpc_port: int, http_port: int, metrics_port: int,
+                   extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        str(dist / "bin" / "tritonserver"), f"--model-repository={repository}",
+        f"--backend-directory={dist / 'backends'}", f"--cache-directory={dist / 'caches'}",
+        f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
+        # Unloading four Python stubs (torch teardown each) takes ~4 s on 2 busy cores.
+        "--exit-timeout-secs=15", "--log-info=false",
+        "--backend-config=python,shm-default-byte-size=1048576",
+        "--backend-config=python,shm-growth-byte-size=1048576", *extra,
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, *, deadline_s: float, process: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s")
+
+
+@dataclass
+class Stack:
+    """tritonserver + frontend as child processes."""
+
+    checkpoint: Path
+    port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    http_port: int = 8003          # Triton's own HTTP, kept off the OpenAI port
+    workdir: Path = ROOT / ".run"
+    repository: Path = REPOSITORY
+    frontend_env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, *, deadline_s: float = 120) -> "Stack":
+        dist = prepare_server(self.workdir)
+        env = server_env({CHECKPOINT_ENV: str(self.checkpoint)})
+        triton = subprocess.Popen(server_command(dist, self.repository, grpc_port=self.grpc_port,
+                                                 http_port=self.http_port, metrics_port=self.metrics_port),
+                                  env=env, start_new_session=True)
+        self.processes.append(triton)
+        wait_for_http(f"http://127.0.0.1:{self.http_port}/v2/health/ready", deadline_s=deadline_s, process=triton)
+        frontend_env = {"NANOVL_TRITON_URL": f"127.0.0.1:{self.grpc_port}", CHECKPOINT_ENV: str(self.checkpoint),
+                        **self.frontend_env}
+        frontend = subprocess.Popen([sys.executable, "-m", "frontend", "--host", "0.0.0.0", "--port", str(self.port)],
+                                    env=server_env(frontend_env), cwd=ROOT, start_new_session=True)
+        self.processes.append(frontend)
+        wait_for_http(f"http://127.0.0.1:{self.port}/v1/health/ready", deadline_s=deadline_s, process=frontend)
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the stack: tritonserver + the OpenAI frontend")
+    parser.add_argument("--checkpoint", type=Path, default=Path(os.environ.get(CHECKPOINT_ENV, "")))
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--triton-http-port", type=int, default=8003)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY,
+                        help="model repository (default: model_repository/, configs read $NANOVL_CHECKPOINT)")
+    args = parser.parse_args()
+    if not (args.checkpoint / "config.json").is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no config.json there (or set ${CHECKPOINT_ENV})")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    checkpoint = args.checkpoint.resolve()
+    if json.loads((checkpoint / "config.json").read_text()).get("nanovl_tiny_random_weights"):
+        log.warning("%s is the TINY TEST checkpoint with RANDOM weights: the stack runs for real, the answers "
+                    "are gibberish by design. CHECKPOINT=/path/to/Llama-3.1-Nemotron-Nano-VL-8B-V1 serves the model.",
+                    checkpoint)
+    stack = Stack(checkpoint, args.port, args.grpc_port, args.metrics_port, args.triton_http_port,
+                  repository=args.repository.resolve())
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        stack.start()
+        log.info("serving %s: OpenAI API on http://0.0.0.0:%d/v1, Triton gRPC on %d, metrics on %d",
+                 checkpoint, args.port, args.grpc_port, args.metrics_port)
+        while not stopping and all(p.poll() is None for p in stack.processes):
+            time.sleep(0.5)
+    finally:
+        log.info("stopping")
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

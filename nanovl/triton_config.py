@@ -1,0 +1,101 @@
+"""Generates every config.pbtxt of the model repository from `nanovl.tensors`.
+
+    python -m nanovl.triton_config OUT_REPOSITORY [--checkpoint DIR] [--param KEY=VALUE ...]
+
+With no checkpoint the configs leave `checkpoint_dir` empty and the models read $NANOVL_CHECKPOINT; that is
+what `model_repository/` holds. `make engine` writes a filled-in copy.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from .tensors import DECOUPLED, MODELS, Tensor
+
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer")
+# Per-stage settings that are choices, in one place. The detokenizer must stay at one instance: more would
+# reorder a stream's responses (tritonserver-cpu.md).
+DEFAULT_PARAMETERS = {
+    "preprocessing": {"checkpoint_dir": "", "max_tiles": "12", "max_images": "4"},
+    "vision_encoder": {"checkpoint_dir": "", "device": "cpu", "dtype": ""},
+    "llm": {"checkpoint_dir": "", "engine": "reference", "device": "cpu", "dtype": "", "max_running": "16"},
+    "detokenizer": {"checkpoint_dir": ""},
+}
+INSTANCES = {"preprocessing": 2, "vision_encoder": 1, "llm": 1, "detokenizer": 1}
+
+
+def _tensor(t: Tensor) -> str:
+    dims = ", ".join(str(d) for d in t.dims)
+    optional = "\n    optional: true" if t.optional else ""
+    return f"  {{\n    name: \"{t.name}\"\n    data_type: {t.dtype}\n    dims: [ {dims} ]{optional}\n  }}"
+
+
+def _io(kind: str, tensors) -> str:
+    return f"{kind} [\n" + ",\n".join(_tensor(t) for t in tensors) + "\n]\n"
+
+
+def stage_config(name: str, parameters: dict[str, str]) -> str:
+    inputs, outputs = MODELS[name]
+    text = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+    if name in DECOUPLED:
+        text += "model_transaction_policy {\n  decoupled: true\n}\n"
+    text += _io("input", inputs) + _io("output", outputs)
+    text += f"instance_group [\n  {{\n    count: {INSTANCES[name]}\n    kind: KIND_CPU\n  }}\n]\n"
+    for key, value in sorted(parameters.items()):
+        text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+    return text
+
+
+def _step(model: str, input_map: dict[str, str], output_map: dict[str, str]) -> str:
+    def maps(kind, mapping):
+        return "".join(f'      {kind} {{ key: "{k}" value: "{v}" }}\n' for k, v in mapping.items())
+    return (f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
+            + maps("input_map", input_map) + maps("output_map", output_map) + "    }")
+
+
+def ensemble_config() -> str:
+    """Every tensor keeps its name across steps; those passed between stages get a '_' prefix."""
+    inputs, outputs = MODELS["ensemble"]
+    public_inputs = {t.name for t in inputs}
+    steps = []
+    for stage in STAGES:
+        stage_in, stage_out = MODELS[stage]
+        in_map = {t.name: t.name if t.name in public_inputs else f"_{t.name}" for t in stage_in}
+        out_map = {t.name: t.name if stage == STAGES[-1] else f"_{t.name}" for t in stage_out}
+        steps.append(_step(stage, in_map, out_map))
+    text = 'name: "ensemble"\nplatform: "ensemble"\nmax_batch_size: 0\n'
+    text += _io("input", inputs) + _io("output", outputs)
+    return text + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+
+
+def write_repository(out: Path, overrides: dict[str, str] | None = None) -> None:
+    """Writes configs (and, for a fresh folder, copies the model.py adapters) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        model_dir = out / stage
+        if out.resolve() != REPOSITORY:
+            shutil.copytree(REPOSITORY / stage / "1", model_dir / "1", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        parameters = dict(DEFAULT_PARAMETERS[stage])
+        parameters.update({k: v for k, v in (overrides or {}).items() if k in parameters})
+        (model_dir / "config.pbtxt").write_text(stage_config(stage, parameters))
+    (out / "ensemble" / "1").mkdir(parents=True, exist_ok=True)
+    (out / "ensemble" / "config.pbtxt").write_text(ensemble_config())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Generate the model repository's configs")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--param", action="append", default=[], help="KEY=VALUE for any stage parameter")
+    args = parser.parse_args()
+    overrides = dict(p.split("=", 1) for p in args.param)
+    if args.checkpoint:
+        overrides["checkpoint_dir"] = str(Path(args.checkpoint).resolve())
+    write_repository(args.out, overrides)
+
+
+if __name__ == "__main__":
+    main()
