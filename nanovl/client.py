@@ -67,14 +67,18 @@ class TritonClient:
         Leaving the loop early cancels the call, which ends the stream on the server."""
         call = self._stub.ModelStreamInfer(iter([infer_request(model, inputs, request_id=request_id)]),
                                            timeout=timeout)
+        finished = False
         try:
             async for reply in call:
                 if reply.error_message:
+                    finished = True   # an error response ends the request on the server too
                     raise TritonStreamError(reply.error_message)
                 response = reply.infer_response
                 result = InferResult(response)
+                finished = response.parameters["triton_final_response"].bool_param
                 yield {out.name: result.as_numpy(out.name) for out in response.outputs}
-                if response.parameters["triton_final_response"].bool_param:
-                    return
+                if finished:
+                    break
         finally:
-            call.cancel()
+            if not finished:
+                call.cancel()
