@@ -12,8 +12,7 @@ log = logging.getLogger(__name__)
 
 # OpenAI fields whose meaning this server cannot honour yet: refusing beats a silent change of results.
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias",
-               "logprobs", "top_logprobs", "stop", "frequency_penalty", "presence_penalty",
-               "repetition_penalty", "min_tokens", "audio", "modalities", "prediction")
+               "audio", "modalities", "prediction", "web_search_options")
 
 
 class StreamOptions(BaseModel):
@@ -32,6 +31,13 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)
     seed: int | None = Field(default=None, ge=0, lt=2 ** 63)
+    stop: str | list[str] | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -49,11 +55,22 @@ class ChatCompletionRequest(BaseModel):
             log.debug("ignoring unknown fields %s", unknown)
         if self.n != 1:
             raise ClientError("n must be 1: one choice per request is supported", param="n")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ClientError("top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.stop_strings() and (len(self.stop_strings()) > 4 or not all(self.stop_strings())):
+            raise ClientError("stop takes up to 4 non-empty strings", param="stop")
         return self
+
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def sampling_inputs(self) -> dict[str, Any]:
         """Values for the ensemble's optional sampling inputs; absent ones keep the model's defaults."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         top_k = None if self.top_k in (None, -1) else self.top_k   # vLLM's -1 means off, as our 0
         return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": top_k, "seed": self.seed}
+                "top_k": top_k, "seed": self.seed, "min_tokens": self.min_tokens,
+                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                "repetition_penalty": self.repetition_penalty,
+                "logprobs": (self.top_logprobs or 0) if self.logprobs else None,
+                "stop": self.stop_strings() or None}

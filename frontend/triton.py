@@ -1,7 +1,9 @@
 """The ensemble behind a small async interface: a chat request in, deltas out."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -12,8 +14,11 @@ from nanovl.errors import ClientError, NanoVLError, ServerError, from_wire
 
 from .schemas import ChatCompletionRequest
 
+log = logging.getLogger("nanovl.frontend")
 _DTYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32, "top_k": np.int32,
-           "seed": np.int64}
+           "seed": np.int64, "min_tokens": np.int32, "frequency_penalty": np.float32,
+           "presence_penalty": np.float32, "repetition_penalty": np.float32, "logprobs": np.int32,
+           "stop": np.object_}
 STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer", "ensemble")
 
 
@@ -24,6 +29,20 @@ class Delta:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict] | None = None    # OpenAI ChatCompletionTokenLogprob dicts, when asked for
+
+
+def _logprobs(out: dict) -> list[dict] | None:
+    values = out.get("token_logprobs")
+    if values is None or not len(values):
+        return None
+
+    def entry(piece: bytes, logprob: float) -> dict:
+        return {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(piece)}
+
+    return [{**entry(piece, lp), "top_logprobs": [entry(p, v) for p, v in zip(top_pieces, top_values)]}
+            for piece, lp, top_pieces, top_values in zip(out["tokens"], values, out["top_logprob_tokens"],
+                                                           out["top_logprob_values"])]
 
 
 def _wire_error(message: str) -> NanoVLError:
@@ -52,17 +71,23 @@ class Ensemble:
         inputs = {"messages": bytes_tensor(json.dumps(request.messages))}
         for name, value in request.sampling_inputs().items():
             if value is not None:
-                inputs[name] = np.array([value], dtype=_DTYPES[name])
+                values = [v.encode() for v in value] if name == "stop" else [value]
+                inputs[name] = np.array(values, dtype=_DTYPES[name])
+        finished = False
+        stream = self.client.stream(self.model, inputs, request_id=request_id, timeout=self.timeout_s)
         try:
-            async for out in self.client.stream(self.model, inputs, request_id=request_id, timeout=self.timeout_s):
+            async for out in stream:
                 if "text_output" not in out:
                     continue   # a bare final flag
                 reason = out["finish_reason"][0].decode()
                 if reason in ("cancelled", "error"):
                     raise ServerError(f"generation ended: {reason}")
+                finished = bool(reason)
                 yield Delta(out["text_output"][0].decode("utf-8"), out["token_ids"].tolist(), reason or None,
-                            int(out["prompt_tokens"][0]), int(out["completion_tokens"][0]))
+                            int(out["prompt_tokens"][0]), int(out["completion_tokens"][0]), _logprobs(out))
+            finished = True
         except TritonStreamError as exc:
+            finished = True   # the error ended the request on the server
             raise _wire_error(str(exc)) from None
         except Exception as exc:
             import grpc
@@ -72,3 +97,16 @@ class Ensemble:
                 error.status = 503
                 raise error from None
             raise
+        finally:
+            await stream.aclose()
+            if not finished:
+                # Left early (client gone): on tritonserver 2.51 the ensemble's cancel never reaches llm, so
+                # tell llm directly; its slot is free at the next engine step.
+                asyncio.get_running_loop().create_task(self.stop(request_id))
+
+    async def stop(self, request_id: str) -> None:
+        try:
+            async for _ in self.client.stream("llm", {"stop_request": bytes_tensor(request_id)}, timeout=10):
+                pass
+        except Exception:   # best effort: the detokenizer's is_cancelled() poll is the second path
+            log.warning("could not send a stop for %s", request_id, exc_info=True)

@@ -69,8 +69,9 @@ def _pending_tail(data: bytes) -> bytes:
     return decoder.getstate()[0]
 
 
-def text_delta(token_bytes: TokenBytes, ids, new_offset: int, final: bool) -> str:
-    """Text added by ids[new_offset:], given ids[:new_offset] as left context (see StreamFramer).
+def text_delta(token_bytes: TokenBytes, ids, new_offset: int, final: bool, trim_bytes: int = 0) -> str:
+    """Text added by ids[new_offset:], given ids[:new_offset] as left context (see StreamFramer); the last
+    `trim_bytes` bytes are dropped (where a stop string began).
 
     Held-back bytes of a character not yet complete are emitted by the response that completes it, or by
     the final response (as U+FFFD, exactly as the one-shot decode would).
@@ -78,7 +79,8 @@ def text_delta(token_bytes: TokenBytes, ids, new_offset: int, final: bool) -> st
     pending = _pending_tail(token_bytes.join(ids[:new_offset]))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     decoder.decode(pending)
-    return decoder.decode(token_bytes.join(ids[new_offset:]), final=final)
+    new = token_bytes.join(ids[new_offset:])
+    return decoder.decode(new[:len(new) - trim_bytes] if trim_bytes else new, final=final)
 
 
 class StreamFramer:

@@ -25,31 +25,51 @@ TEMPERATURE = Tensor("temperature", "TYPE_FP32", (1,), True, "0 = greedy")
 TOP_P = Tensor("top_p", "TYPE_FP32", (1,), True, "nucleus sampling mass, (0, 1]")
 TOP_K = Tensor("top_k", "TYPE_INT32", (1,), True, "0 = off")
 SEED = Tensor("seed", "TYPE_INT64", (1,), True, "sampling seed")
-SAMPLING = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED)
+MIN_TOKENS = Tensor("min_tokens", "TYPE_INT32", (1,), True, "no eos and no stop string before this many tokens")
+REPETITION_PENALTY = Tensor("repetition_penalty", "TYPE_FP32", (1,), True, "(0, 2]; 1 = off")
+FREQUENCY_PENALTY = Tensor("frequency_penalty", "TYPE_FP32", (1,), True, "[-2, 2]; 0 = off")
+PRESENCE_PENALTY = Tensor("presence_penalty", "TYPE_FP32", (1,), True, "[-2, 2]; 0 = off")
+STOP = Tensor("stop", "TYPE_STRING", (-1,), True, "stop strings (up to 4), never part of the text")
+STOP_TOKEN_IDS = Tensor("stop_token_ids", "TYPE_INT32", (-1,), True, "extra stop ids besides the eos ids")
+LOGPROBS = Tensor("logprobs", "TYPE_INT32", (1,), True, "return log-probabilities and this many alternatives (0-20)")
+SAMPLING = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, MIN_TOKENS, REPETITION_PENALTY, FREQUENCY_PENALTY,
+            PRESENCE_PENALTY, STOP, STOP_TOKEN_IDS, LOGPROBS)
 
-# preprocessing -> vision_encoder / llm
+# preprocessing -> vision_encoder / llm (optional on llm itself, whose other use is a stop request)
 INPUT_IDS = Tensor("input_ids", "TYPE_INT32", (-1,), doc="prompt ids; ids >= vocab_size are image embedding rows")
+LLM_INPUT_IDS = Tensor(INPUT_IDS.name, INPUT_IDS.dtype, INPUT_IDS.dims, True, INPUT_IDS.doc)
 TILES = Tensor("tiles", "TYPE_UINT8", (-1, -1, -1, 3), doc="RGB tiles [n, 512, 512, 3] of all images, in order")
 # vision_encoder -> llm
-PROMPT_TABLE = Tensor("prompt_embedding_table", "TYPE_FP32", (-1, -1),
+PROMPT_TABLE = Tensor("prompt_embedding_table", "TYPE_FP32", (-1, -1), True,
                       doc="[rows, hidden] image embeddings; row k is prompt id vocab_size + k")
+# a request to llm alone: end the stream of this Triton request id now (frees its engine slot)
+STOP_REQUEST = Tensor("stop_request", "TYPE_STRING", (1,), True, "the request id of a stream to stop")
 # llm -> detokenizer (one response per batch of new tokens)
 OUTPUT_IDS = Tensor("output_ids", "TYPE_INT32", (-1,), doc="left-context ids followed by the new ids")
 NEW_OFFSET = Tensor("new_token_offset", "TYPE_INT32", (1,), doc="how many of output_ids are context")
 FINISH_REASON = Tensor("finish_reason", "TYPE_STRING", (1,), doc="'' until the last response: stop | length")
 PROMPT_TOKENS = Tensor("prompt_tokens", "TYPE_INT32", (1,), doc="prompt length, image tokens included")
 COMPLETION_TOKENS = Tensor("completion_tokens", "TYPE_INT32", (1,), doc="tokens generated so far")
+TRIM_BYTES = Tensor("trim_bytes", "TYPE_INT32", (1,), doc="bytes to drop from the end of the new text (a stop string)")
+TOKEN_LOGPROBS = Tensor("token_logprobs", "TYPE_FP32", (-1,), doc="log-probability of each new token ([0] if not asked)")
+TOP_LOGPROB_IDS = Tensor("top_logprob_ids", "TYPE_INT32", (-1, -1), doc="[new tokens, k] best alternatives")
+TOP_LOGPROBS = Tensor("top_logprob_values", "TYPE_FP32", (-1, -1), doc="[new tokens, k] their log-probabilities")
 # detokenizer -> client
 TEXT_OUTPUT = Tensor("text_output", "TYPE_STRING", (1,), doc="UTF-8 text added by this response")
 TOKEN_IDS = Tensor("token_ids", "TYPE_INT32", (-1,), doc="the new token ids of this response")
+TOKENS = Tensor("tokens", "TYPE_STRING", (-1,), doc="UTF-8 bytes of each new token (with logprobs)")
+TOP_LOGPROB_TOKENS = Tensor("top_logprob_tokens", "TYPE_STRING", (-1, -1), doc="bytes of each alternative")
+
+_LLM_OUT = (OUTPUT_IDS, NEW_OFFSET, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, TRIM_BYTES, TOKEN_LOGPROBS,
+            TOP_LOGPROB_IDS, TOP_LOGPROBS)
+_CLIENT_OUT = (TEXT_OUTPUT, TOKEN_IDS, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, TOKEN_LOGPROBS, TOKENS,
+               TOP_LOGPROBS, TOP_LOGPROB_TOKENS)
 
 MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
     "preprocessing": ((MESSAGES,), (INPUT_IDS, TILES)),
     "vision_encoder": ((TILES,), (PROMPT_TABLE,)),
-    "llm": ((INPUT_IDS, PROMPT_TABLE, *SAMPLING),
-            (OUTPUT_IDS, NEW_OFFSET, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS)),
-    "detokenizer": ((OUTPUT_IDS, NEW_OFFSET, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS),
-                    (TEXT_OUTPUT, TOKEN_IDS, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS)),
-    "ensemble": ((MESSAGES, *SAMPLING), (TEXT_OUTPUT, TOKEN_IDS, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS)),
+    "llm": ((LLM_INPUT_IDS, PROMPT_TABLE, *SAMPLING, STOP_REQUEST), _LLM_OUT),
+    "detokenizer": (_LLM_OUT, _CLIENT_OUT),
+    "ensemble": ((MESSAGES, *SAMPLING), _CLIENT_OUT),
 }
 DECOUPLED = {"llm", "ensemble"}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
+from .engine.factory import EngineSettings
 from .tensors import DECOUPLED, MODELS, Tensor
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
@@ -18,22 +20,28 @@ STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer")
 # Per-stage settings that are choices, in one place. The detokenizer must stay at one instance: more would
 # reorder a stream's responses (tritonserver-cpu.md).
 DEFAULT_PARAMETERS = {
-    "preprocessing": {"checkpoint_dir": "", "max_tiles": "12", "max_images": "4"},
+    # Image limits and fetching (nanovl.preprocess.PreprocessSettings reads them): allow_private_image_urls
+    # also turns on with $NANOVL_ALLOW_PRIVATE_IMAGE_URLS=1; image_url_domains is a comma-separated allow-list.
+    "preprocessing": {"checkpoint_dir": "", "max_tiles": "12", "max_images": "4", "image_upscale_2x": "false",
+                      "max_image_bytes": str(20 * 1024 * 1024), "max_image_pixels": "50000000",
+                      "allow_private_image_urls": "false", "image_url_domains": "",
+                      "image_fetch_connect_timeout_s": "5", "image_fetch_read_timeout_s": "10",
+                      "image_fetch_timeout_s": "30", "image_fetch_max_redirects": "3"},
     "vision_encoder": {"checkpoint_dir": "", "device": "cpu", "dtype": ""},
-    "llm": {"checkpoint_dir": "", "engine": "reference", "device": "cpu", "dtype": "", "max_running": "16"},
+    "llm": {"checkpoint_dir": "", **{k: "" if v is None else str(v) for k, v in asdict(EngineSettings()).items()}},
     "detokenizer": {"checkpoint_dir": ""},
 }
 INSTANCES = {"preprocessing": 2, "vision_encoder": 1, "llm": 1, "detokenizer": 1}
 
 
-def _tensor(t: Tensor) -> str:
+def _tensor(t: Tensor, kind: str) -> str:
     dims = ", ".join(str(d) for d in t.dims)
-    optional = "\n    optional: true" if t.optional else ""
+    optional = "\n    optional: true" if t.optional and kind == "input" else ""
     return f"  {{\n    name: \"{t.name}\"\n    data_type: {t.dtype}\n    dims: [ {dims} ]{optional}\n  }}"
 
 
 def _io(kind: str, tensors) -> str:
-    return f"{kind} [\n" + ",\n".join(_tensor(t) for t in tensors) + "\n]\n"
+    return f"{kind} [\n" + ",\n".join(_tensor(t, kind) for t in tensors) + "\n]\n"
 
 
 def stage_config(name: str, parameters: dict[str, str]) -> str:
@@ -59,11 +67,20 @@ def ensemble_config() -> str:
     """Every tensor keeps its name across steps; those passed between stages get a '_' prefix."""
     inputs, outputs = MODELS["ensemble"]
     public_inputs = {t.name for t in inputs}
+    produced: set[str] = set()
     steps = []
     for stage in STAGES:
         stage_in, stage_out = MODELS[stage]
-        in_map = {t.name: t.name if t.name in public_inputs else f"_{t.name}" for t in stage_in}
+        in_map = {}
+        for t in stage_in:
+            if t.name in public_inputs and t.name in produced:
+                raise ValueError(f"ensemble: {t.name!r} is both an ensemble input and a stage output")
+            if t.name in public_inputs or t.name in produced:
+                in_map[t.name] = t.name if t.name in public_inputs else f"_{t.name}"
+            elif not t.optional:
+                raise ValueError(f"ensemble: nothing feeds required input {t.name!r} of {stage}")
         out_map = {t.name: t.name if stage == STAGES[-1] else f"_{t.name}" for t in stage_out}
+        produced |= {t.name for t in stage_out}
         steps.append(_step(stage, in_map, out_map))
     text = 'name: "ensemble"\nplatform: "ensemble"\nmax_batch_size: 0\n'
     text += _io("input", inputs) + _io("output", outputs)

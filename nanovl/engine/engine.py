@@ -8,21 +8,35 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 from .request import EngineOutput, GenerationRequest
 from .runner import ModelRunner
-from .sampler import make_generator, sample
+from .sampler import apply_penalties, choose, logprob_of, make_generator
 from .scheduler import Scheduler, Sequence
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    steps: int = 0
+    forward_s: float = 0.0     # time inside the model forward
+    step_s: float = 0.0        # whole steps: forward + scheduling + sampling + reporting
+
+
 class ReferenceEngine:
-    def __init__(self, runner: ModelRunner, on_output: Callable[[EngineOutput], None], *, max_running: int = 16):
+    def __init__(self, runner: ModelRunner, on_output: Callable[[EngineOutput], None], *, max_running: int = 16,
+                 max_step_tokens: int = 8192):
         self.runner = runner
         self.on_output = on_output
-        self.scheduler = Scheduler(max_running)
+        self.scheduler = Scheduler(runner.blocks, max_running=max_running, max_step_tokens=max_step_tokens)
+        self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()   # ("submit", request) | ("cancel", id)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -55,7 +69,7 @@ class ReferenceEngine:
                 continue
             try:
                 self.step()
-            except Exception as exc:   # one bad step fails the batch, never the engine
+            except Exception as exc:   # one bad step fails its batch, never the engine
                 log.exception("engine step failed")
                 for seq in list(self.scheduler.running):
                     self._finish(seq, "error", error=f"engine step failed: {exc}")
@@ -66,53 +80,75 @@ class ReferenceEngine:
             try:
                 kind, item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             if kind == "submit":
-                self.scheduler.add(Sequence(item))
+                seq = Sequence(item)
+                blocks = self.runner.blocks
+                if blocks.blocks_for(seq.prompt_len + 1) > blocks.num_blocks:   # would wait forever
+                    self._finish(seq, "error", error=f"prompt of {seq.prompt_len} tokens exceeds the KV cache")
+                    continue
+                self._generators[seq.key] = make_generator(item.sampling)
+                self.scheduler.add(seq)
             elif (seq := self.scheduler.remove(item)) is not None:
                 self._finish(seq, "cancelled")
+        self._update_stats()
 
     def step(self) -> None:
-        prefills, decodes = self.scheduler.schedule()
-        for seq in prefills:
-            self._generators[id(seq)] = make_generator(seq.request.sampling)
-            try:
-                logits = self.runner.prefill(id(seq), seq.request)
-            except Exception as exc:   # a bad prompt fails its own request only
-                log.exception("prefill of %s failed", seq.request_id)
-                self._finish(seq, "error", error=f"prefill failed: {exc}")
-                continue
-            self._append(seq, logits)
-        for seq in decodes:
-            self._append(seq, self.runner.decode(id(seq), seq.output_ids[-1]))
-        for seq in prefills + decodes:
+        started = time.perf_counter()
+        step = self.scheduler.schedule()
+        if not step.sequences:
+            return
+        logits = self.runner.forward(step)    # [n_seqs, vocab], prefills first
+        forward_done = time.perf_counter()
+        # One argmax for every plain greedy row instead of one per sequence.
+        best = logits.argmax(dim=-1).tolist()
+        for seq, row, top in zip(step.sequences, logits, best):
+            seq.cached = seq.length
+            self._append(seq, row, top)
+        for seq in step.sequences:
             if seq.finish_reason is None and seq.pending:
                 self._report(seq)
         for seq in self.scheduler.retire_finished():
-            self._release(seq)
+            self._generators.pop(seq.key, None)
+        self._update_stats()
+        self.stats.steps += 1
+        self.stats.forward_s += forward_done - started
+        self.stats.step_s += time.perf_counter() - started
 
-    def _append(self, seq: Sequence, logits) -> None:
+    def _append(self, seq: Sequence, raw, argmax: int) -> None:
         params = seq.request.sampling
-        token = sample(logits, params, self._generators[id(seq)])
+        masked = len(seq.output_ids) < params.min_tokens and params.stop_token_ids
+        if params.greedy and not params.penalized and not masked:
+            token = argmax
+        else:
+            logits = apply_penalties(raw, params, seq.request.prompt_ids, seq.output_ids) if params.penalized else raw
+            if masked:
+                logits = logits.clone()
+                logits[list(params.stop_token_ids)] = float("-inf")
+            token = choose(logits, params, self._generators[seq.key])
         seq.output_ids.append(token)
         if token in params.stop_token_ids:
             self._finish(seq, "stop")   # the stop token is counted, not shown
-        else:
-            seq.pending.append(token)
-            if len(seq.output_ids) >= params.max_tokens:
-                self._finish(seq, "length")
+            return
+        seq.pending.append(token)
+        if params.logprobs is not None:
+            seq.pending_logprobs.append(logprob_of(raw, token, params.logprobs))
+        if len(seq.output_ids) >= params.max_tokens:
+            self._finish(seq, "length")
 
     def _report(self, seq: Sequence, finish_reason: str | None = None, error: str | None = None) -> None:
+        logprobs = seq.pending_logprobs if seq.request.sampling.logprobs is not None else None
         self.on_output(EngineOutput(seq.request_id, seq.pending, finish_reason, seq.prompt_len,
-                                    len(seq.output_ids), error))
-        seq.pending = []
+                                    len(seq.output_ids), error, logprobs))
+        seq.pending, seq.pending_logprobs = [], []
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         seq.finish_reason = reason
         self._report(seq, reason, error)
         if reason in ("cancelled", "error"):
-            self._release(seq)
+            self._generators.pop(seq.key, None)
 
-    def _release(self, seq: Sequence) -> None:
-        self.runner.release(id(seq))
-        self._generators.pop(id(seq), None)
+    def _update_stats(self) -> None:
+        self.stats.running = len(self.scheduler.running)
+        self.stats.waiting = len(self.scheduler.waiting)
+        self.stats.kv_cache_usage = self.runner.blocks.usage

@@ -1,6 +1,7 @@
 """Builds the engine a stage config names. TensorRT-LLM is imported only when selected."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from ..checkpoint import CheckpointConfig
@@ -10,12 +11,43 @@ from .request import EngineOutput
 ENGINES = ("reference",)
 
 
-def build_engine(name: str, config: CheckpointConfig, on_output: Callable[[EngineOutput], None], *,
-                 device: str = "cpu", dtype: str | None = None, max_running: int = 16):
-    if name == "reference":
+@dataclass(frozen=True)
+class EngineSettings:
+    """The llm stage's engine parameters (config.pbtxt `parameters`), with their defaults in one place."""
+
+    engine: str = "reference"
+    device: str = "cpu"
+    dtype: str | None = None           # None: the checkpoint's torch_dtype
+    max_running: int = 32              # sequences in the running batch
+    max_step_tokens: int = 8192        # prompt + decode tokens one step may run (TensorRT-LLM's max_num_tokens)
+    kv_cache_tokens: int = 131072      # paged KV-cache size in tokens
+    block_size: int = 16
+    # CPU only. One intra-op thread: the stages share the cores with each other, and OpenMP's spin-waits
+    # under contention made a small matmul 100x slower with 2 threads than with 1 (docs/perf.md).
+    torch_threads: int = 1
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "EngineSettings":
+        return cls(engine=params.get("engine", cls.engine), device=params.get("device", cls.device),
+                   dtype=params.get("dtype") or None,
+                   max_running=int(params.get("max_running", cls.max_running)),
+                   max_step_tokens=int(params.get("max_step_tokens", cls.max_step_tokens)),
+                   kv_cache_tokens=int(params.get("kv_cache_tokens", cls.kv_cache_tokens)),
+                   block_size=int(params.get("block_size", cls.block_size)),
+                   torch_threads=int(params.get("torch_threads", cls.torch_threads)))
+
+
+def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
+    if settings.engine == "reference":
+        import torch
+
         from .engine import ReferenceEngine
         from .runner import ModelRunner
 
-        return ReferenceEngine(ModelRunner(config, dtype=dtype, device=device), on_output,
-                               max_running=max_running).start()
-    raise ServerError(f"engine {name!r} is not available (choose from {', '.join(ENGINES)})")
+        if settings.device == "cpu":
+            torch.set_num_threads(settings.torch_threads)
+        runner = ModelRunner(config, kv_cache_tokens=settings.kv_cache_tokens, block_size=settings.block_size,
+                             dtype=settings.dtype, device=settings.device)
+        return ReferenceEngine(runner, on_output, max_running=settings.max_running,
+                               max_step_tokens=settings.max_step_tokens).start()
+    raise ServerError(f"engine {settings.engine!r} is not available (choose from {', '.join(ENGINES)})")

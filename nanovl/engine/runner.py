@@ -1,51 +1,139 @@
-"""The one object that owns torch in the reference engine: the Llama forward with a KV cache per sequence."""
+"""The one object that owns torch in the reference engine: the Llama forward over a paged KV cache.
+
+Weights and layer modules are transformers' LlamaForCausalLM (norms, projections, MLP, RoPE); what is ours
+is the attention over the paged cache, so that one forward serves every sequence of a step: projections and
+MLPs run on all the step's tokens at once, attention reads each sequence's own blocks.
+"""
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from ..checkpoint import CheckpointConfig, load_llm
-from .request import GenerationRequest
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..checkpoint import CheckpointConfig, load_llm, torch_dtype
+from .blocks import BlockManager
+from .scheduler import Sequence, Step
+
+
+@dataclass
+class _Plan:
+    """Index tensors of one step, built once and used by every layer."""
+
+    slots: torch.Tensor                    # [T] pool slot of each token run this step
+    prefill_spans: list[tuple[int, int]]   # token range of each prefill in the step
+    prefill_context: list[torch.Tensor]    # [ctx] slots of each prefill's whole context
+    decode_start: int                      # first token of the decode part (one token per sequence)
+    decode_index: torch.Tensor | None      # [B, L] context slots of each decode, padded
+    decode_valid: torch.Tensor | None      # bool [B, L]
+    last: torch.Tensor                     # [n_seqs] index of each sequence's last token
 
 
 class ModelRunner:
-    def __init__(self, config: CheckpointConfig, *, dtype: str | None = None, device: str = "cpu"):
+    def __init__(self, config: CheckpointConfig, *, kv_cache_tokens: int, block_size: int = 16,
+                 dtype: str | None = None, device: str = "cpu"):
         self.config = config
-        self.device = device
+        self.device = torch.device(device)
         self.model = load_llm(config, dtype=dtype, device=device)
-        self.embed = self.model.get_input_embeddings()
-        self._caches: dict[int, object] = {}
+        llm = self.model.config
+        self.num_heads = llm.num_attention_heads
+        self.num_kv_heads = llm.num_key_value_heads
+        self.head_dim = getattr(llm, "head_dim", None) or llm.hidden_size // llm.num_attention_heads
+        self.blocks = BlockManager(max(1, kv_cache_tokens // block_size), block_size)
+        shape = (llm.num_hidden_layers, self.blocks.num_blocks * block_size, 2, self.num_kv_heads, self.head_dim)
+        # K and V side by side: [layers, slots, 2, kv_heads, head_dim], so one gather reads both.
+        self.kv_pool = torch.zeros(shape, dtype=torch_dtype(dtype or config.torch_dtype), device=self.device)
+        self._offsets = torch.arange(block_size, device=self.device)
 
-    def prompt_embeddings(self, request: GenerationRequest) -> torch.Tensor:
-        """-> float [1, prompt_len, hidden]: token embeddings, image rows taken from the prompt table."""
-        ids = torch.as_tensor(request.prompt_ids, dtype=torch.long, device=self.device)
+    def _context_slots(self, seq: Sequence, length: int) -> torch.Tensor:
+        table = torch.tensor(self.blocks.tables[seq.key], dtype=torch.long, device=self.device)
+        return (table[:, None] * self.blocks.block_size + self._offsets[None]).reshape(-1)[:length]
+
+    def _decode_context(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (slots [B, L] of each sequence's context, padded; valid bool [B, L]), from one padded block
+        table: one tensor built per step instead of one per sequence."""
+        tables = [self.blocks.tables[seq.key] for seq in seqs]
+        width = max(len(t) for t in tables)
+        table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=self.device)
+        index = (table[:, :, None] * self.blocks.block_size + self._offsets).reshape(len(seqs), -1)
+        lengths = torch.tensor([seq.length for seq in seqs], device=self.device)
+        longest = int(lengths.max())
+        valid = torch.arange(longest, device=self.device)[None] < lengths[:, None]
+        return index[:, :longest], valid
+
+    def _inputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, _Plan]:
+        """-> (hidden [T, hidden], positions [T], plan)."""
+        ids, positions, slots, spans, contexts = [], [], [], [], []
+        images = []   # (token index, prompt table, row)
         vocab = self.config.vocab_size
-        is_image = ids >= vocab
-        embeds = self.embed(ids.clamp(max=vocab - 1))
-        if bool(is_image.any()):
-            table = torch.as_tensor(request.prompt_table, device=self.device, dtype=embeds.dtype)
-            rows = ids[is_image] - vocab
-            if request.prompt_table is None or int(rows.max()) >= len(table):
+        for seq in step.prefills:
+            prompt = seq.request.prompt_ids
+            tokens = [int(t) for t in prompt[seq.cached:]] + seq.output_ids[max(0, seq.cached - len(prompt)):]
+            images += [(len(ids) + i, seq.request.prompt_table, t - vocab) for i, t in enumerate(tokens) if t >= vocab]
+            context = self._context_slots(seq, seq.length)
+            spans.append((len(ids), len(ids) + len(tokens)))
+            contexts.append(context)
+            slots.append(context[seq.cached:])
+            ids += tokens
+            positions += range(seq.cached, seq.length)
+        decode_start = len(ids)
+        decode_index = decode_valid = None
+        if step.decodes:
+            decode_index, decode_valid = self._decode_context(step.decodes)
+            lengths = [seq.length for seq in step.decodes]
+            ids += [seq.output_ids[-1] for seq in step.decodes]
+            positions += [n - 1 for n in lengths]
+            slots.append(decode_index[torch.arange(len(lengths)), torch.tensor(lengths) - 1])
+        ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
+        hidden = self.model.model.embed_tokens(ids_t.clamp(max=vocab - 1))
+        for index, table, row in images:   # image positions take their row of the prompt embedding table
+            if table is None or row >= len(table):
                 raise ValueError("prompt ids reference image rows the prompt table does not have")
-            embeds[is_image] = table[rows]
-        return embeds[None]
+            hidden[index] = torch.as_tensor(table[row], dtype=hidden.dtype, device=self.device)
+        last = [end - 1 for _, end in spans] + list(range(decode_start, len(ids)))
+        plan = _Plan(torch.cat(slots), spans, contexts, decode_start, decode_index, decode_valid,
+                     torch.tensor(last, device=self.device))
+        return hidden, torch.tensor(positions, device=self.device), plan
 
     @torch.inference_mode()
-    def prefill(self, key: int, request: GenerationRequest) -> torch.Tensor:
-        """Runs the prompt, keeps its KV cache under `key`. -> logits float [vocab] of the last position."""
-        from transformers import DynamicCache
+    def forward(self, step: Step) -> torch.Tensor:
+        """Runs every token of the step and writes their K/V. -> logits float [n_seqs, vocab], prefills first."""
+        hidden, positions, plan = self._inputs(step)
+        cos, sin = self.model.model.rotary_emb(hidden[None], positions[None])
+        t = hidden.shape[0]
+        for index, layer in enumerate(self.model.model.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(1, t, self.num_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(1, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            v = attn.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+            self.kv_pool[index, plan.slots] = torch.stack([k[0].transpose(0, 1), v], dim=1)
+            hidden = hidden + attn.o_proj(self._attention(q[0], index, plan))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.model.lm_head(self.model.model.norm(hidden[plan.last])).float()
 
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(inputs_embeds=self.prompt_embeddings(request), cache=cache, use_cache=True,
-                         logits_to_keep=1)
-        self._caches[key] = cache   # filled in place
-        return out.logits[0, -1].float()
+    def _attention(self, q: torch.Tensor, layer: int, plan: _Plan) -> torch.Tensor:
+        """q: [heads, T, head_dim] -> [T, heads * head_dim]."""
+        out = torch.empty(q.shape[1], self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
+        pool = self.kv_pool[layer]
+        for (start, end), context in zip(plan.prefill_spans, plan.prefill_context):
+            kv = pool[context].permute(1, 2, 0, 3)   # [2, kv_heads, ctx, d]
+            k, v = kv[0][None], kv[1][None]
+            causal = end - start == len(context)   # a whole prompt; else the queries end the context
+            o = F.scaled_dot_product_attention(q[None, :, start:end], k, v, is_causal=causal, enable_gqa=True,
+                                               attn_mask=None if causal else _causal_mask(end - start, len(context), self.device))
+            out[start:end] = o[0].transpose(0, 1)
+        if plan.decode_index is not None:
+            kv = pool[plan.decode_index].permute(2, 0, 3, 1, 4)   # [2, B, kv_heads, L, d]
+            k, v = kv[0], kv[1]
+            qd = q[:, plan.decode_start:].transpose(0, 1)[:, :, None]   # [B, heads, 1, d]
+            o = F.scaled_dot_product_attention(qd, k, v, attn_mask=plan.decode_valid[:, None, None], enable_gqa=True)
+            out[plan.decode_start:] = o[:, :, 0]
+        return out.reshape(q.shape[1], -1)
 
-    @torch.inference_mode()
-    def decode(self, key: int, token_id: int) -> torch.Tensor:
-        """One new token for the sequence under `key`. -> logits float [vocab]."""
-        ids = torch.tensor([[token_id]], device=self.device)
-        out = self.model(input_ids=ids, cache=self._caches[key], use_cache=True)
-        return out.logits[0, -1].float()
 
-    def release(self, key: int) -> None:
-        self._caches.pop(key, None)
+def _causal_mask(queries: int, keys: int, device) -> torch.Tensor:
+    """bool [queries, keys]: query i sees keys up to keys - queries + i (queries end the context)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)

@@ -17,7 +17,8 @@ import numpy as np
 from ..checkpoint import CheckpointConfig
 from ..detokenize import StreamFramer, TokenBytes
 from ..errors import ClientError
-from .request import DEFAULT_MAX_TOKENS, EngineOutput, GenerationRequest, SamplingParams
+from ..stop import StopMatcher
+from .request import DEFAULT_MAX_TOKENS, EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,16 @@ class StreamMessage:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    trim_bytes: int = 0                               # drop from the end of the new tokens' text (stop string)
+    logprobs: list[TokenLogprob] | None = None        # one per new token, when asked for
 
     @property
     def final(self) -> bool:
         return bool(self.finish_reason) or self.error is not None
 
 
-def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=None, temperature=None,
-                    top_p=None, top_k=None, seed=None) -> SamplingParams:
+def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=None, stop_token_ids=None,
+                    **values) -> SamplingParams:
     """Request values (None = absent) -> SamplingParams with the checkpoint's stop tokens and context bound."""
     room = config.max_context - prompt_len
     if room < 1:
@@ -49,10 +52,18 @@ def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=Non
         raise ClientError(f"max_tokens {max_tokens} plus the {prompt_len}-token prompt exceeds the "
                           f"{config.max_context}-token context", param="max_tokens",
                           code="context_length_exceeded")
-    values = {"max_tokens": max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room),
-              "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed}
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None},
-                          stop_token_ids=config.eos_token_ids)
+    values["max_tokens"] = max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
+    stops = tuple(config.eos_token_ids) + tuple(t for t in (stop_token_ids or ()) if t not in config.eos_token_ids)
+    return SamplingParams(**{k: v for k, v in values.items() if v is not None}, stop_token_ids=stops)
+
+
+@dataclass
+class _Stream:
+    target: object                  # what `send` delivers to (a Triton response sender)
+    framer: StreamFramer
+    matcher: StopMatcher
+    min_tokens: int
+    label: str = ""
 
 
 class GenerationService:
@@ -62,22 +73,37 @@ class GenerationService:
                  token_bytes: TokenBytes, send: Callable[[object, StreamMessage], None]):
         self._send = send
         self._token_bytes = token_bytes
-        self._streams: dict[str, tuple[object, StreamFramer]] = {}
+        self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.engine = engine_factory(self._outbox.put)
         self._sender = threading.Thread(target=self._send_loop, name="llm-sender", daemon=True)
         self._sender.start()
 
-    def submit(self, stream, prompt_ids: np.ndarray, sampling: SamplingParams, prompt_table=None) -> str:
+    def submit(self, stream, prompt_ids: np.ndarray, sampling: SamplingParams, prompt_table=None,
+               label: str = "") -> str:
+        """Starts a generation streamed to `stream`; `label` (the client's request id) is what a stop names."""
         key = uuid.uuid4().hex
         with self._lock:
-            self._streams[key] = (stream, StreamFramer(self._token_bytes))
+            self._streams[key] = _Stream(stream, StreamFramer(self._token_bytes),
+                                         StopMatcher.create(self._token_bytes, sampling.stop), sampling.min_tokens,
+                                         label)
         self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table))
         return key
 
-    def cancel(self, key: str) -> None:
-        self.engine.cancel(key)
+    def cancel_request(self, label: str) -> int:
+        """Stops every stream submitted with this label (empty labels are never matched). -> how many."""
+        with self._lock:
+            keys = [key for key, s in self._streams.items() if label and s.label == label]
+        for key in keys:
+            self.engine.cancel(key)
+        return len(keys)
+
+    def cancel_stream(self, target) -> None:
+        with self._lock:
+            keys = [key for key, s in self._streams.items() if s.target is target]
+        for key in keys:
+            self.engine.cancel(key)
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -104,21 +130,43 @@ class GenerationService:
 
     def _deliver(self, key: str, outputs: list[EngineOutput]) -> None:
         with self._lock:
-            entry = self._streams.get(key)
-            if entry is None:
-                return
-            last = outputs[-1]
-            if last.finished:
-                del self._streams[key]
-        stream, framer = entry
+            stream = self._streams.get(key)
+        if stream is None:
+            return   # already finished (a stop string), or never ours
+        last = outputs[-1]
         tokens = [t for out in outputs for t in out.token_ids]
-        framed, offset = framer.frame(tokens)
-        message = StreamMessage(np.asarray(framed, np.int32), offset, last.finish_reason or "",
-                                last.prompt_tokens, last.completion_tokens, last.error)
+        extras = [lp for out in outputs for lp in (out.logprobs or [None] * len(out.token_ids))]
+        final = last.finished
+        # No stop strings before min_tokens (as vLLM).
+        released = stream.matcher.feed(tokens, extras, final=final,
+                                       match_stops=last.completion_tokens >= stream.min_tokens)
+        reason = last.finish_reason or ""
+        if released.stopped:
+            reason, final = "stop", True
+            self.engine.cancel(key)   # frees the slot now; its 'cancelled' output finds no stream
+        if final:
+            with self._lock:
+                self._streams.pop(key, None)
+        elif not released.tokens:
+            return   # everything held back (may start a stop string): nothing to send yet
+        framed, offset = stream.framer.frame(released.tokens)
+        logprobs = released.extras if extras and extras[0] is not None else None
+        message = StreamMessage(np.asarray(framed, np.int32), offset, reason, last.prompt_tokens,
+                                last.completion_tokens, last.error, released.trim_bytes, logprobs)
         try:
-            self._send(stream, message)
-        except Exception:   # a vanished client must not stop the sender for everyone else
+            self._send(stream.target, message)
+        except Exception as exc:   # fail this stream alone, never the sender for everyone else
             log.exception("sending to stream %s failed", key)
+            self._fail(key, stream, f"sending the response failed: {exc}")
+
+    def _fail(self, key: str, stream: _Stream, error: str) -> None:
+        with self._lock:
+            self._streams.pop(key, None)
+        self.engine.cancel(key)
+        try:
+            self._send(stream.target, StreamMessage(np.zeros(0, np.int32), 0, "error", 0, 0, error))
+        except Exception:
+            log.exception("stream %s is gone", key)
 
 
 def _by_stream(batch: list[EngineOutput]) -> dict[str, list[EngineOutput]]:

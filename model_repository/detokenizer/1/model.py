@@ -1,4 +1,8 @@
-"""Triton adapter: one llm response -> its text delta. Stateless (see nanovl.detokenize), one instance."""
+"""Triton adapter: one llm response -> its text delta. Stateless (see nanovl.detokenize), one instance.
+
+Also the 2.51 cancellation path: a client's cancel never reaches the decoupled llm inside the ensemble, but
+this downstream stage sees request.is_cancelled(); it then sends llm a stop request for that request id.
+"""
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -6,24 +10,57 @@ from nanovl.checkpoint import load_config, load_tokenizer
 from nanovl.detokenize import TokenBytes, text_delta
 from nanovl.settings import model_parameters
 
-_PASS_THROUGH = ("finish_reason", "prompt_tokens", "completion_tokens")
+_PASS_THROUGH = ("finish_reason", "prompt_tokens", "completion_tokens", "token_logprobs", "top_logprob_values")
+# is_cancelled() is an IPC per call: poll every Nth response of a request id (a bounded, lossy counter).
+_CANCEL_POLL_EVERY = 4
+_COUNTER_LIMIT = 4096
+
+
+def _input(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         self.token_bytes = TokenBytes.from_tokenizer(load_tokenizer(load_config(params["checkpoint_dir"])))
+        self.seen: dict[str, int] = {}
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            ids = pb_utils.get_input_tensor_by_name(request, "output_ids").as_numpy().reshape(-1)
-            offset = int(pb_utils.get_input_tensor_by_name(request, "new_token_offset").as_numpy().reshape(-1)[0])
-            reason = pb_utils.get_input_tensor_by_name(request, "finish_reason").as_numpy().reshape(-1)[0]
-            text = text_delta(self.token_bytes, ids.tolist(), offset, final=bool(reason))
-            outputs = [pb_utils.Tensor("text_output", np.array([text.encode()], np.object_)),
-                       pb_utils.Tensor("token_ids", np.ascontiguousarray(ids[offset:]))]
-            outputs += [pb_utils.Tensor(name, pb_utils.get_input_tensor_by_name(request, name).as_numpy())
-                        for name in _PASS_THROUGH]
-            responses.append(pb_utils.InferenceResponse(outputs))
-        return responses
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        ids = _input(request, "output_ids").reshape(-1)
+        offset = int(_input(request, "new_token_offset").reshape(-1)[0])
+        reason = _input(request, "finish_reason").reshape(-1)[0]
+        trim = int(_input(request, "trim_bytes").reshape(-1)[0])
+        if not reason:
+            self._maybe_stop(request)
+        text = text_delta(self.token_bytes, ids.tolist(), offset, final=bool(reason), trim_bytes=trim)
+        table = self.token_bytes.table
+        logprobs = _input(request, "token_logprobs")
+        new_ids = ids[offset:]
+        pieces = [table[i] if 0 <= i < len(table) else b"" for i in new_ids] if len(logprobs) else []
+        top_ids = _input(request, "top_logprob_ids")
+        top_pieces = [[table[i] if 0 <= i < len(table) else b"" for i in row] for row in top_ids]
+        outputs = [pb_utils.Tensor("text_output", np.array([text.encode()], np.object_)),
+                   pb_utils.Tensor("token_ids", np.ascontiguousarray(new_ids)),
+                   pb_utils.Tensor("tokens", np.array(pieces, np.object_).reshape(-1)),
+                   pb_utils.Tensor("top_logprob_tokens",
+                                   np.array(top_pieces, np.object_).reshape(top_ids.shape))]
+        outputs += [pb_utils.Tensor(name, _input(request, name)) for name in _PASS_THROUGH]
+        return pb_utils.InferenceResponse(outputs)
+
+    def _maybe_stop(self, request):
+        request_id = request.request_id()
+        if not request_id:
+            return
+        count = self.seen.get(request_id, 0) + 1
+        if len(self.seen) >= _COUNTER_LIMIT:
+            self.seen.clear()
+        self.seen[request_id] = count
+        if count % _CANCEL_POLL_EVERY == 0 and request.is_cancelled():
+            stop = pb_utils.Tensor("stop_request", np.array([request_id.encode()], np.object_))
+            for _ in pb_utils.InferenceRequest(model_name="llm", inputs=[stop], requested_output_names=[]).exec(
+                    decoupled=True):
+                pass
