@@ -8,7 +8,7 @@ CHECKPOINT ?= $(TINY)
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install checkpoint serve test configs docker clean
+.PHONY: help install checkpoint serve test configs docker clean bench-engine bench-preprocess
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,3 +43,9 @@ docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (need
 
 clean: ## Remove the virtualenv, generated checkpoints and run files
 	rm -rf $(VENV) checkpoints .run
+
+bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' continuous batching at 1, 8, 32 clients
+	$(BIN)/python bench/engine.py --checkpoint $(TINY)
+
+bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
+	$(BIN)/python bench/preprocess.py

@@ -1,16 +1,56 @@
-"""The preprocessing stage: chat messages -> prompt ids with image spans, and the tiles of every image."""
+"""The preprocessing stage: chat messages -> prompt ids with image spans, and the tiles of every image.
+
+Per request: parse the messages (image parts, `<img src>` tags), fetch its remote images concurrently, read each image's header (format, pixel cap, size after EXIF orientation), count
+its tiles from the size alone, build the prompt and check it fits the context, and only then decode and tile.
+A bad request fails alone, with a ClientError naming the image and the reason.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from .checkpoint import CheckpointConfig, load_config, load_tokenizer
 from .errors import ClientError
-from .images import ImageLimits, decode_image, source_bytes
-from .prompt import build_input_ids, parse_messages
-from .tiling import TilingSettings, tile_image
+from .fetch import Fetcher, FetchSettings
+from .images import ImageLimits, data_url_bytes, load_rgb, open_image
+from .prompt import Chat, build_input_ids, parse_messages
+from .tiling import TilingSettings, num_tiles, tile_image
+
+# Lets a test or a local setup fetch from 127.0.0.1 without editing the model config.
+ALLOW_PRIVATE_ENV = "NANOVL_ALLOW_PRIVATE_IMAGE_URLS"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    tiling: TilingSettings = field(default_factory=TilingSettings)
+    max_images: int = 4          # per request; the model card's "Input Images Supported: 4"
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], environ=os.environ) -> "PreprocessSettings":
+        """From the stage's config parameters (nanovl.triton_config names them and sets the defaults)."""
+        def flag(name: str) -> bool:
+            return params[name].strip().lower() in ("1", "true", "yes")
+
+        max_bytes = int(params["max_image_bytes"])
+        domains = tuple(d.strip().lower().lstrip(".") for d in params["image_url_domains"].split(",") if d.strip())
+        return cls(
+            tiling=TilingSettings(max_tiles=int(params["max_tiles"]), upscale_2x=flag("image_upscale_2x")),
+            max_images=int(params["max_images"]),
+            limits=ImageLimits(max_bytes=max_bytes, max_pixels=int(params["max_image_pixels"])),
+            fetch=FetchSettings(
+                allow_private=flag("allow_private_image_urls") or environ.get(ALLOW_PRIVATE_ENV, "") == "1",
+                allowed_domains=domains, max_bytes=max_bytes,
+                connect_timeout_s=float(params["image_fetch_connect_timeout_s"]),
+                read_timeout_s=float(params["image_fetch_read_timeout_s"]),
+                total_timeout_s=float(params["image_fetch_timeout_s"]),
+                max_redirects=int(params["image_fetch_max_redirects"])),
+        )
 
 
 @dataclass(frozen=True)
@@ -19,37 +59,81 @@ class Preprocessed:
     tiles: np.ndarray       # uint8 [n, S, S, 3]; n = 0 for a text-only prompt
 
 
+def _remote(chat: Chat) -> list[tuple[int, str]]:
+    """(index, url) of the images to fetch over HTTP(S)."""
+    return [(i, url) for i, url in enumerate(chat.image_urls) if url[:8].lower().startswith(("http://", "https://"))]
+
+
 class Preprocessor:
-    def __init__(self, config: CheckpointConfig, tokenizer, *, tiling: TilingSettings, max_images: int,
-                 limits: ImageLimits = ImageLimits()):
+    def __init__(self, config: CheckpointConfig, tokenizer, settings: PreprocessSettings = PreprocessSettings()):
         self.config = config
         self.tokenizer = tokenizer
-        self.tiling = tiling
-        self.max_images = max_images
-        self.limits = limits
+        self.settings = settings
+        self.tiling = TilingSettings(tile_size=config.image_size, max_tiles=settings.tiling.max_tiles,
+                                     use_thumbnail=settings.tiling.use_thumbnail,
+                                     upscale_2x=settings.tiling.upscale_2x)
 
     @classmethod
-    def from_checkpoint(cls, path: str, *, max_tiles: int = 12, max_images: int = 4) -> "Preprocessor":
+    def from_checkpoint(cls, path: str, settings: PreprocessSettings = PreprocessSettings()) -> "Preprocessor":
         config = load_config(path)
-        tiling = TilingSettings(tile_size=config.image_size, max_tiles=max_tiles)
-        return cls(config, load_tokenizer(config), tiling=tiling, max_images=max_images)
+        return cls(config, load_tokenizer(config), settings)
+
+    @cached_property
+    def fetcher(self) -> Fetcher:
+        return Fetcher(self.settings.fetch)   # its loop thread starts on the first remote URL
 
     def __call__(self, messages_json: bytes | str) -> Preprocessed:
+        chat = self._parse(messages_json)
+        remote = _remote(chat)
+        return self._build(chat, self.fetcher.fetch_many(remote) if remote else [])
+
+    def close(self) -> None:
+        if "fetcher" in vars(self):
+            self.fetcher.close()
+
+    def _parse(self, messages_json: bytes | str) -> Chat:
         try:
             messages = json.loads(messages_json)
         except (ValueError, UnicodeDecodeError):
             raise ClientError("messages is not valid JSON", param="messages") from None
         chat = parse_messages(messages)
-        if len(chat.image_urls) > self.max_images:
-            raise ClientError(f"{len(chat.image_urls)} images in one request; at most {self.max_images}",
+        if len(chat.image_urls) > self.settings.max_images:
+            raise ClientError(f"{len(chat.image_urls)} images in one request; at most {self.settings.max_images}",
                               param="messages", code="too_many_images")
-        tiles = [tile_image(decode_image(source_bytes(url, index=i, limits=self.limits), index=i,
-                                         limits=self.limits), self.tiling)
-                 for i, url in enumerate(chat.image_urls)]
-        input_ids = build_input_ids(self.tokenizer, self.config, chat, [len(t) for t in tiles])
-        if len(input_ids) >= self.config.max_context:
-            raise ClientError(f"the prompt is {len(input_ids)} tokens (images included); the context holds "
-                              f"{self.config.max_context}", param="messages", code="context_length_exceeded")
+        return chat
+
+    def _source(self, index: int, url: str, fetched: dict[int, bytes | ClientError]) -> bytes:
+        if index in fetched:
+            if isinstance(fetched[index], ClientError):
+                raise fetched[index]
+            return fetched[index]
+        if url[:5].lower() == "data:":
+            return data_url_bytes(url, index=index, limits=self.settings.limits)
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        raise ClientError(f"image {index}: URL scheme {scheme!r} is not accepted: use https, http or a base64 "
+                          "data URL", param="messages", code="invalid_image_url")
+
+    def _build(self, chat: Chat, fetched: list[bytes | ClientError]) -> Preprocessed:
+        """fetched: what _remote(chat) URLs returned, in that order."""
+        by_index = {i: body for (i, _), body in zip(_remote(chat), fetched)}
+        opened = [open_image(self._source(i, url, by_index), index=i, limits=self.settings.limits)
+                  for i, url in enumerate(chat.image_urls)]
+        # Tile counts follow from the sizes alone: a prompt that cannot fit is refused before any decoding.
+        counts = [num_tiles(*image.size, self.tiling) for image in opened]
+        input_ids = build_input_ids(self.tokenizer, self.config, chat, counts)
+        self._check_context(len(input_ids), counts)
+        tiles = [tile_image(load_rgb(image), self.tiling) for image in opened]
+        assert [len(t) for t in tiles] == counts, "tile counts differ from the prompt's image spans"
         side = self.config.image_size
         stacked = np.concatenate(tiles) if tiles else np.zeros((0, side, side, 3), np.uint8)
         return Preprocessed(input_ids, stacked)
+
+    def _check_context(self, prompt_len: int, counts: list[int]) -> None:
+        limit = self.config.max_context
+        if prompt_len < limit:
+            return
+        image_tokens = sum(counts) * self.config.tokens_per_tile + 2 * len(counts)
+        raise ClientError(
+            f"the prompt is {prompt_len} tokens ({prompt_len - image_tokens} text tokens + {image_tokens} image "
+            f"tokens for {len(counts)} images of {sum(counts)} tiles); the context holds {limit} tokens, prompt "
+            "and answer together", param="messages", code="context_length_exceeded")

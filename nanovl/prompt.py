@@ -6,16 +6,20 @@ the prompt embedding table, and the reference engine does the same, so both engi
 """
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import IMAGE_END_TOKEN, IMAGE_START_TOKEN, CheckpointConfig
+from .checkpoint import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, CheckpointConfig
 from .errors import ClientError
 
 ROLES = ("system", "user", "assistant")
 # Stands for an image while the chat template renders; private-use characters no tokenizer merges across.
 _IMAGE_SENTINEL = "\ue000nanovl-image\ue000"
+# NIM's image tags in plain-text content: <img src="URL" /> (also single quotes, or quotes escaped as \").
+_IMG_TAG = re.compile(r"<img\b[^>]*?\bsrc\s*=\s*(?P<q>\\?[\"'])(?P<url>.*?)(?P=q)[^>]*>", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,57 @@ class Chat:
     image_urls: list[str] = field(default_factory=list)
 
 
+def _image_tags(text: str) -> tuple[str, list[str]]:
+    """NIM's `<img src="...">` tags in plain text -> the text with a sentinel per tag, and the tags' URLs."""
+    urls = [html.unescape(m.group("url")) for m in _IMG_TAG.finditer(text)]
+    return _IMG_TAG.sub(_IMAGE_SENTINEL, text), urls
+
+
+def _content_text(i: int, role: str, content: object) -> tuple[str, list[str]]:
+    """One message's content -> text with a sentinel where each image goes, and the images' URLs in order."""
+    if isinstance(content, str):
+        return _image_tags(content) if role == "user" else (content, [])
+    if content is None and role == "assistant":
+        return "", []
+    if not isinstance(content, list):
+        raise ClientError(f"messages[{i}]: content must be a string or a list of parts", param="messages")
+    pieces, urls = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            text, tag_urls = _image_tags(part["text"]) if role == "user" else (part["text"], [])
+            pieces.append(text)
+            urls.extend(tag_urls)
+        elif kind == "image_url" and role == "user":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise ClientError(f"messages[{i}].content[{j}]: image_url.url must be a string", param="messages")
+            urls.append(url)
+            pieces.append(_IMAGE_SENTINEL)
+        else:
+            raise ClientError(f"messages[{i}].content[{j}]: unsupported content part {kind!r}", param="messages")
+    # Parts joined by newlines: an image first reads '<image>\n{text}', as the model's own chat() writes it.
+    return "\n".join(pieces), urls
+
+
+def _place_images(i: int, text: str, count: int) -> str:
+    """Images go where the text says `<image>` when it says so once per image (the model's chat() and vLLM
+    treat the context token as the placeholder); otherwise where their parts or tags are."""
+    placeholders = text.count(IMAGE_CONTEXT_TOKEN)
+    if not count or not placeholders:
+        return text
+    if placeholders != count:
+        raise ClientError(f"messages[{i}]: {placeholders} {IMAGE_CONTEXT_TOKEN} placeholders for {count} images",
+                          param="messages", code="image_placeholder_mismatch")
+    # Drop each image part (and the newline that joined it), then put the images at the placeholders.
+    for joined in (_IMAGE_SENTINEL + "\n", "\n" + _IMAGE_SENTINEL, _IMAGE_SENTINEL):
+        text = text.replace(joined, "")
+    return text.replace(IMAGE_CONTEXT_TOKEN, _IMAGE_SENTINEL)
+
+
 def parse_messages(messages: object) -> Chat:
-    """Validate OpenAI chat messages (string content or text / image_url parts) into a Chat."""
+    """Validate OpenAI chat messages (string content, text / image_url parts, `<img src>` tags) into a Chat."""
     if not isinstance(messages, list) or not messages:
         raise ClientError("messages must be a non-empty list", param="messages")
     out, urls = [], []
@@ -35,34 +88,13 @@ def parse_messages(messages: object) -> Chat:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ClientError(f"messages[{i}]: role must be one of {', '.join(ROLES)}", param="messages")
         content = message.get("content")
-        if isinstance(content, str):
-            text = content
-        elif isinstance(content, list):
-            pieces = []
-            for j, part in enumerate(content):
-                kind = part.get("type") if isinstance(part, dict) else None
-                if kind == "text" and isinstance(part.get("text"), str):
-                    pieces.append(part["text"])
-                elif kind == "image_url" and message["role"] == "user":
-                    url = part.get("image_url")
-                    url = url.get("url") if isinstance(url, dict) else url
-                    if not isinstance(url, str):
-                        raise ClientError(f"messages[{i}].content[{j}]: image_url.url must be a string",
-                                          param="messages")
-                    urls.append(url)
-                    pieces.append(_IMAGE_SENTINEL)
-                else:
-                    raise ClientError(f"messages[{i}].content[{j}]: unsupported content part {kind!r}",
-                                      param="messages")
-            # Parts joined by newlines: an image first reads '<image>\n{text}', as the model's own chat().
-            text = "\n".join(pieces)
-        elif content is None and message["role"] == "assistant":
-            text = ""
-        else:
-            raise ClientError(f"messages[{i}]: content must be a string or a list of parts", param="messages")
-        if _IMAGE_SENTINEL in text and not isinstance(content, list):
+        if (isinstance(content, str) and _IMAGE_SENTINEL in content) or (
+                isinstance(content, list) and any(isinstance(p, dict) and _IMAGE_SENTINEL in str(p.get("text", ""))
+                                                  for p in content)):
             raise ClientError(f"messages[{i}]: content contains a reserved character", param="messages")
-        out.append({"role": message["role"], "content": text})
+        text, message_urls = _content_text(i, message["role"], content)
+        out.append({"role": message["role"], "content": _place_images(i, text, len(message_urls))})
+        urls.extend(message_urls)
     return Chat(out, urls)
 
 

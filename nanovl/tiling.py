@@ -4,6 +4,10 @@ The area-weighted InternVL variant of the HF image processor, vLLM and Megatron 
 grid whose aspect ratio best matches the image, weighted by how much of the image's area the grid covers
 (capped at 0.6), first candidate wins ties; resize the whole image to the grid, cut it row-major, and append
 a thumbnail of the whole image when there is more than one tile.
+
+The HF image processor (not vLLM, not Megatron's training code) first up-scales every image 2x with bilinear
+resampling; that changes the grid of small and medium images (512x512: 1 tile -> 5). It is an option,
+`upscale_2x`, off by default: the model was trained on Megatron's pipeline, and vLLM serves it without.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from PIL import Image
 
 # Pillow's default resize filter, which vLLM and Megatron rely on.
 RESAMPLE = Image.Resampling.BICUBIC
+UPSCALE_RESAMPLE = Image.Resampling.BILINEAR   # the HF processor's image.resize((w * 2, h * 2), BILINEAR)
 AREA_CAP = 0.6
 
 
@@ -23,6 +28,12 @@ class TilingSettings:
     tile_size: int = 512
     max_tiles: int = 12
     use_thumbnail: bool = True
+    upscale_2x: bool = False   # the HF processor's quirk; see the module docstring
+
+
+def tiled_size(width: int, height: int, settings: TilingSettings = TilingSettings()) -> tuple[int, int]:
+    """The size the grid is chosen for: the image's own, or twice it with the HF up-scale."""
+    return (2 * width, 2 * height) if settings.upscale_2x else (width, height)
 
 
 @lru_cache(maxsize=16)
@@ -50,19 +61,29 @@ def choose_grid(width: int, height: int, settings: TilingSettings = TilingSettin
 
 
 def num_tiles(width: int, height: int, settings: TilingSettings = TilingSettings()) -> int:
-    cols, rows = choose_grid(width, height, settings)
+    """Tiles of a width x height image (the image's own size: the up-scale, if on, is applied here)."""
+    cols, rows = choose_grid(*tiled_size(width, height, settings), settings)
     tiles = cols * rows
     return tiles + 1 if settings.use_thumbnail and tiles > 1 else tiles
 
 
 def tile_image(image: Image.Image, settings: TilingSettings = TilingSettings()) -> np.ndarray:
-    """RGB image -> tiles: uint8 [n, S, S, 3], row-major, thumbnail last when n > 1."""
+    """RGB image -> tiles: uint8 [n, S, S, 3], row-major, thumbnail last when n > 1.
+
+    Pixel for pixel what the reference computes (resize the whole image, crop each tile, resize the original
+    for the thumbnail), with less work: uint8 all the way (the encoder normalizes), one resize for the grid
+    and tiles cut by a strided copy into the output instead of a PIL crop and a float conversion per tile.
+    """
     size = settings.tile_size
+    if settings.upscale_2x:
+        image = image.resize((2 * image.width, 2 * image.height), UPSCALE_RESAMPLE)
     cols, rows = choose_grid(image.width, image.height, settings)
+    thumbnail = settings.use_thumbnail and cols * rows > 1
+    tiles = np.empty((cols * rows + thumbnail, size, size, 3), np.uint8)
     grid = np.asarray(image.resize((cols * size, rows * size), RESAMPLE))
-    # One resize and a reshape instead of a crop per tile: the same pixels, no per-tile copies in PIL.
-    tiles = grid.reshape(rows, size, cols, size, 3).transpose(0, 2, 1, 3, 4).reshape(-1, size, size, 3)
-    if settings.use_thumbnail and len(tiles) > 1:
-        thumbnail = np.asarray(image.resize((size, size), RESAMPLE))[None]
-        tiles = np.concatenate([tiles, thumbnail])
-    return np.ascontiguousarray(tiles)
+    # [rows*S, cols*S, 3] -> [rows, cols, S, S, 3]: one copy, straight into the output.
+    tiles[:cols * rows].reshape(rows, cols, size, size, 3)[:] = \
+        grid.reshape(rows, size, cols, size, 3).transpose(0, 2, 1, 3, 4)
+    if thumbnail:
+        tiles[-1] = np.asarray(image.resize((size, size), RESAMPLE))
+    return tiles

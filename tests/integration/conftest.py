@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -14,6 +15,8 @@ MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 
 @pytest.fixture(scope="session")
 def stack(tiny_checkpoint, tmp_path_factory):
+    # The image-URL tests serve images from 127.0.0.1, which preprocessing refuses unless told otherwise.
+    os.environ["NANOVL_ALLOW_PRIVATE_IMAGE_URLS"] = "1"
     ports = [free_port() for _ in range(4)]
     server = Stack(tiny_checkpoint, port=ports[0], grpc_port=ports[1], metrics_port=ports[2], http_port=ports[3])
     server.start(deadline_s=180)

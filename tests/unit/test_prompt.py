@@ -47,3 +47,29 @@ def test_text_only_prompt_equals_the_chat_template(config, tokenizer):
 def test_bad_messages_are_client_errors(messages, match):
     with pytest.raises(ClientError, match=match):
         parse_messages(messages)
+
+
+def test_nim_img_tags_in_plain_text_become_images_in_place():
+    chat = parse_messages([{"role": "user", "content": 'Compare <img src="data:a" /> with <img src=\'https://x/b.png\'>'},
+                           {"role": "assistant", "content": "ok"},
+                           {"role": "user", "content": 'and <img src=\\"data:c\\"/> too'}])
+    assert chat.image_urls == ["data:a", "https://x/b.png", "data:c"]
+    texts = [m["content"] for m in chat.messages]
+    assert texts[0].startswith("Compare ") and texts[0].count("\ue000nanovl-image\ue000") == 2
+    assert texts[2] == "and \ue000nanovl-image\ue000 too"
+
+
+def test_image_parts_keep_their_order_before_or_after_text():
+    parts = [{"type": "text", "text": "first"}, {"type": "image_url", "image_url": {"url": "u1"}},
+             {"type": "image_url", "image_url": {"url": "u2"}}]
+    chat = parse_messages([{"role": "user", "content": parts}])
+    assert chat.image_urls == ["u1", "u2"]
+    assert chat.messages[0]["content"] == "first\n\ue000nanovl-image\ue000\n\ue000nanovl-image\ue000"
+
+
+def test_image_placeholders_in_text_place_the_images():
+    parts = [{"type": "image_url", "image_url": {"url": "u1"}}, {"type": "text", "text": "Look: <image> here"}]
+    assert parse_messages([{"role": "user", "content": parts}]).messages[0]["content"] == \
+        "Look: \ue000nanovl-image\ue000 here"
+    with pytest.raises(ClientError, match="2 <image> placeholders for 1 images"):
+        parse_messages([{"role": "user", "content": parts[:1] + [{"type": "text", "text": "<image><image>"}]}])

@@ -1,17 +1,21 @@
-"""Triton adapter: messages -> input_ids + tiles. The logic is nanovl.preprocess."""
+"""Triton adapter: messages -> input_ids + tiles. The logic is nanovl.preprocess.
+
+The Preprocessor fetches a request's remote images concurrently on its own event-loop thread, which lives
+as long as the model (one HTTP client and connection pool for every request, not one per execute()).
+"""
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nanovl.errors import NanoVLError
-from nanovl.preprocess import Preprocessor
+from nanovl.preprocess import PreprocessSettings, Preprocessor
 from nanovl.settings import model_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        self.preprocess = Preprocessor.from_checkpoint(
-            params["checkpoint_dir"], max_tiles=int(params["max_tiles"]), max_images=int(params["max_images"]))
+        self.preprocess = Preprocessor.from_checkpoint(params["checkpoint_dir"],
+                                                       PreprocessSettings.from_parameters(params))
 
     def execute(self, requests):
         responses = []
@@ -26,3 +30,6 @@ class TritonPythonModel:
             except NanoVLError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.to_wire())))
         return responses
+
+    def finalize(self):
+        self.preprocess.close()
