@@ -7,8 +7,14 @@ TINY := checkpoints/tiny
 CHECKPOINT ?= $(TINY)
 PORT ?= 8000
 PYTEST_ARGS ?=
+OUT ?= engines
+DTYPE ?= bfloat16
+MAX_BATCH ?= 8
+TP ?= 1
+# The venv's Python where there is one; the container's python3 inside the GPU image.
+ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs docker clean bench-engine bench-preprocess
+.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +43,9 @@ test: $(STAMP) ## Run the whole test suite (unit + a real tritonserver and front
 
 configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
 	$(BIN)/python -m nanovl.triton_config model_repository
+
+engine: ## TensorRT-LLM engines + a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, MAX_BATCH, TP; DRY_RUN=1: plan only, no GPU)
+	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) $(if $(DRY_RUN),--dry-run)
 
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
 	docker build -t nanovl-triton:latest .

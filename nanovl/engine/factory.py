@@ -8,7 +8,7 @@ from ..checkpoint import CheckpointConfig
 from ..errors import ServerError
 from .request import EngineOutput
 
-ENGINES = ("reference",)
+ENGINES = ("reference", "tensorrt_llm")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,12 @@ class EngineSettings:
     # CPU only. One intra-op thread: the stages share the cores with each other, and OpenMP's spin-waits
     # under contention made a small matmul 100x slower with 2 threads than with 1 (docs/perf.md).
     torch_threads: int = 1
+    # tensorrt_llm only: the trtllm-build output `make engine` wrote, the share of free GPU memory the
+    # Executor's paged KV cache takes, chunked prefill, and KV-cache block reuse across requests.
+    engine_dir: str = ""
+    kv_cache_free_gpu_memory_fraction: float = 0.9
+    enable_chunked_context: bool = True
+    enable_kv_cache_reuse: bool = False
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "EngineSettings":
@@ -34,7 +40,17 @@ class EngineSettings:
                    max_step_tokens=int(params.get("max_step_tokens", cls.max_step_tokens)),
                    kv_cache_tokens=int(params.get("kv_cache_tokens", cls.kv_cache_tokens)),
                    block_size=int(params.get("block_size", cls.block_size)),
-                   torch_threads=int(params.get("torch_threads", cls.torch_threads)))
+                   torch_threads=int(params.get("torch_threads", cls.torch_threads)),
+                   engine_dir=params.get("engine_dir", cls.engine_dir),
+                   kv_cache_free_gpu_memory_fraction=float(params.get("kv_cache_free_gpu_memory_fraction",
+                                                                      cls.kv_cache_free_gpu_memory_fraction)),
+                   enable_chunked_context=_flag(params, "enable_chunked_context", cls.enable_chunked_context),
+                   enable_kv_cache_reuse=_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse))
+
+
+def _flag(params: dict[str, str], key: str, default: bool) -> bool:
+    value = params.get(key, "")
+    return default if value == "" else value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
@@ -50,4 +66,17 @@ def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: 
                              dtype=settings.dtype, device=settings.device)
         return ReferenceEngine(runner, on_output, max_running=settings.max_running,
                                max_step_tokens=settings.max_step_tokens).start()
+    if settings.engine == "tensorrt_llm":
+        from pathlib import Path
+
+        from .trtllm import TrtLlmEngine, TrtLlmOptions
+
+        if not settings.engine_dir:
+            raise ServerError("engine tensorrt_llm needs parameter engine_dir (the output of `make engine`)")
+        options = TrtLlmOptions(Path(settings.engine_dir), max_batch_size=settings.max_running,
+                                max_num_tokens=settings.max_step_tokens,
+                                kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+                                enable_chunked_context=settings.enable_chunked_context,
+                                enable_kv_cache_reuse=settings.enable_kv_cache_reuse)
+        return TrtLlmEngine(options, config, on_output).start()
     raise ServerError(f"engine {settings.engine!r} is not available (choose from {', '.join(ENGINES)})")

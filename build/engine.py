@@ -1,0 +1,219 @@
+"""`make engine`: a checkpoint of the real format -> TensorRT-LLM engine + a filled-in model repository.
+
+    python build/engine.py --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8] [--max-batch 8]
+                           [--tp 1] [--max-num-tokens 8192] [--trtllm-examples DIR]
+
+Steps (each printed as the command it runs; --dry-run runs only the first, which needs no GPU):
+  1. validate the checkpoint and write OUT/llama_hf: `language_model.*` as a plain Llama checkpoint
+     (config.json from llm_config, weights shard by shard with the prefix stripped, tokenizer files)
+  2. convert it with TensorRT-LLM's Llama tooling (convert_checkpoint.py; quantize.py for fp8)
+  3. trtllm-build with what multimodal serving needs: a prompt-embedding table for max_batch x images x 13
+     tiles x 256 rows, paged KV cache, paged context FMHA (chunked context), 16K context
+  4. write OUT/model_repository with engine=tensorrt_llm and the engine's paths and sizes
+
+The vision encoder stays in PyTorch (bf16 on the GPU): the vision_encoder stage runs nanovl.vision, and no
+TensorRT vision engine is built until a GPU measurement says it pays (README "GPU deployment").
+Flags checked against TensorRT-LLM's sources on its main branch (tensorrt_llm/commands/build.py,
+examples/models/core/llama/convert_checkpoint.py); the container ships 0.14, whose example scripts live one
+level up (examples/llama/), which _example() resolves. Not yet run on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
+from nanovl.errors import ServerError  # noqa: E402
+from nanovl.triton_config import DEFAULT_PARAMETERS  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
+DTYPES = ("bfloat16", "fp8")
+DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples")
+# Paged context FMHA needs max_num_tokens to be a multiple of the KV block size; 8192 tokens per step keeps a
+# 16K prompt to two chunks.
+DEFAULT_MAX_NUM_TOKENS = 8192
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Command:
+    step: str
+    argv: list[str]
+
+    def shell(self) -> str:
+        return shlex.join(self.argv)
+
+
+class CheckpointError(Exception):
+    """The checkpoint is not one `make engine` can build from; the message says why."""
+
+
+def validate(checkpoint: Path) -> CheckpointConfig:
+    try:
+        config = load_config(checkpoint)
+    except ServerError as exc:
+        raise CheckpointError(str(exc)) from exc
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+               if k not in config.llm_config]
+    if missing:
+        raise CheckpointError(f"{checkpoint}/config.json: llm_config lacks {missing}")
+    if not (checkpoint / "tokenizer.json").is_file():
+        raise CheckpointError(f"{checkpoint}: no tokenizer.json")
+    if not any(k.startswith("language_model.") for keys in _weight_keys(checkpoint).values() for k in keys):
+        raise CheckpointError(f"{checkpoint}: no language_model.* weights in its safetensors files")
+    return config
+
+
+def _weight_keys(checkpoint: Path) -> dict[Path, list[str]]:
+    """Tensor names per safetensors file, without reading a tensor."""
+    from safetensors import safe_open
+
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{checkpoint}: no *.safetensors weights")
+    keys = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            keys[file] = list(handle.keys())
+    return keys
+
+
+def write_llama_checkpoint(config: CheckpointConfig, out: Path) -> Path:
+    """`language_model.*` -> a Hugging Face LlamaForCausalLM checkpoint in `out`, one source shard in memory
+    at a time (the real 8B checkpoint is ~16 GB)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "language_model."
+    weight_map: dict[str, str] = {}
+    shards = [(f, keys) for f, keys in _weight_keys(config.path).items() if any(k.startswith(prefix) for k in keys)]
+    for index, (file, keys) in enumerate(shards, 1):
+        name = "model.safetensors" if len(shards) == 1 else f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        with safe_open(file, framework="pt") as handle:
+            tensors = {k[len(prefix):]: handle.get_tensor(k) for k in keys if k.startswith(prefix)}
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in tensors})
+        del tensors
+    if len(shards) > 1:
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map},
+                                                                     indent=2))
+    llm = dict(config.llm_config)
+    llm.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    llm.setdefault("torch_dtype", config.torch_dtype)
+    llm.setdefault("tie_word_embeddings", False)
+    (out / "config.json").write_text(json.dumps(llm, indent=2))
+    for name in TOKENIZER_FILES:
+        if (config.path / name).is_file():
+            shutil.copy2(config.path / name, out / name)
+    return out
+
+
+def _example(examples: Path, script: str) -> str:
+    """A TensorRT-LLM example script: examples/<script> in 0.14, examples/models/core/<script> later."""
+    for candidate in (examples / script, examples / "models" / "core" / script):
+        if candidate.is_file():
+            return str(candidate)
+    return str(examples / script)
+
+
+def prompt_table_rows(config: CheckpointConfig, max_batch: int) -> int:
+    """Rows of the prompt-embedding table: every sequence of a full batch with its most images of the most
+    tiles (the thumbnail included) -- TensorRT-LLM's multimodal rule, max_batch x features x images."""
+    limits = DEFAULT_PARAMETERS["preprocessing"]
+    tiles = int(limits["max_tiles"]) + 1
+    return max_batch * int(limits["max_images"]) * tiles * config.tokens_per_tile
+
+
+def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
+    out, py = args.out.resolve(), sys.executable if args.python is None else args.python
+    hf_dir, ckpt_dir, engine_dir = out / "llama_hf", out / "trtllm_checkpoint", out / "engines" / "llm"
+    examples = Path(args.trtllm_examples)
+    tp = str(args.tp)
+    if args.dtype == "fp8":
+        convert = Command("quantize the Llama checkpoint to FP8 (ModelOpt calibration; weights and KV cache)", [
+            py, _example(examples, "quantization/quantize.py"), "--model_dir", str(hf_dir), "--dtype", "bfloat16",
+            "--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", str(args.calib_size),
+            "--tp_size", tp, "--output_dir", str(ckpt_dir)])
+    else:
+        convert = Command("convert the Llama checkpoint to TensorRT-LLM's format", [
+            py, _example(examples, "llama/convert_checkpoint.py"), "--model_dir", str(hf_dir),
+            "--output_dir", str(ckpt_dir), "--dtype", "bfloat16", "--tp_size", tp, "--workers", tp])
+    # A prompt leaves room for at least one generated token (nanovl.engine.service.sampling_params).
+    build = ["trtllm-build", "--checkpoint_dir", str(ckpt_dir), "--output_dir", str(engine_dir),
+             "--max_batch_size", str(args.max_batch), "--max_input_len", str(config.max_context - 1),
+             "--max_seq_len", str(config.max_context),
+             "--max_num_tokens", str(args.max_num_tokens),
+             "--max_prompt_embedding_table_size", str(prompt_table_rows(config, args.max_batch)),
+             "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable", "--remove_input_padding", "enable",
+             "--context_fmha", "enable", "--gpt_attention_plugin", "auto", "--gemm_plugin", "auto",
+             "--workers", tp]
+    if args.dtype == "fp8":
+        build += ["--use_fp8_context_fmha", "enable"]
+    repository = Command("write the model repository for the engine", [
+        py, "-m", "nanovl.triton_config", str(out / "model_repository"), "--checkpoint", str(config.path.resolve()),
+        "--param", "engine=tensorrt_llm", "--param", f"engine_dir={engine_dir}", "--param", "device=cuda",
+        "--param", "dtype=bfloat16", "--param", f"max_running={args.max_batch}",
+        "--param", f"max_step_tokens={args.max_num_tokens}",
+        "--param", f"kv_cache_free_gpu_memory_fraction={args.kv_cache_fraction}",
+        "--param", "enable_chunked_context=true"])
+    return [convert, Command("build the LLM engine", build), repository]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Build TensorRT-LLM engines and a model repository")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory of the real format")
+    parser.add_argument("--out", type=Path, required=True, help="where llama_hf/, engines/, model_repository/ go")
+    parser.add_argument("--dry-run", action="store_true", help="validate, write llama_hf/, print the rest")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="sequences in flight per GPU")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
+    parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS, help="tokens per step")
+    parser.add_argument("--kv-cache-fraction", type=float, default=0.9, help="free GPU memory for the KV cache")
+    parser.add_argument("--calib-size", type=int, default=512, help="fp8 calibration samples")
+    parser.add_argument("--trtllm-examples", default=DEFAULT_EXAMPLES, help="TensorRT-LLM's examples folder")
+    parser.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
+    args = parser.parse_args(argv)
+    for name in ("max_batch", "tp", "max_num_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = validate(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"make engine: wrong checkpoint: {exc}", file=sys.stderr)
+        return 2
+    hf_dir = args.out.resolve() / "llama_hf"
+    print(f"# 1. split language_model.* into a Llama checkpoint: {hf_dir}")
+    write_llama_checkpoint(config, hf_dir)
+    print("# vision encoder: kept in PyTorch (vision_encoder stage, device=cuda, bfloat16); no TensorRT engine")
+    for number, command in enumerate(plan(config, args), 2):
+        print(f"# {number}. {command.step}\n{command.shell()}", flush=True)
+        if args.dry_run:
+            continue
+        result = subprocess.run(command.argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if result.returncode != 0:
+            print(f"make engine: step {number} failed with exit code {result.returncode}", file=sys.stderr)
+            return result.returncode
+    if args.dry_run:
+        print("# dry run: only step 1 ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""build/engine.py (`make engine`): the split Llama checkpoint, the build plan, clear errors on a wrong checkpoint."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, chat_ids
+
+_spec = importlib.util.spec_from_file_location("build_engine", ROOT / "build" / "engine.py")
+make_engine = importlib.util.module_from_spec(_spec)
+sys.modules["build_engine"] = make_engine   # dataclasses look their module up there
+_spec.loader.exec_module(make_engine)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine")
+    assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--dry-run"]) == 0
+    return out
+
+
+def _plan(config, tmp_path, *extra):
+    args = make_engine.parse_args(["--checkpoint", str(config.path), "--out", str(tmp_path), *extra])
+    return {c.argv[0] if c.argv[0] == "trtllm-build" else c.argv[1]: c.argv for c in make_engine.plan(config, args)}
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_split_checkpoint_is_a_llama_with_the_same_logits(dry_run, hf_llm, tokenizer):
+    from transformers import LlamaForCausalLM
+
+    split = dry_run / "llama_hf"
+    assert json.loads((split / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    model = LlamaForCausalLM.from_pretrained(str(split), torch_dtype=torch.float32).eval()
+    ids = torch.tensor([chat_ids(tokenizer, "Describe the picture, please.")])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, hf_llm(ids).logits)
+
+
+def test_split_checkpoint_carries_the_tokenizer_and_generation_config(dry_run, tiny_checkpoint):
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (dry_run / "llama_hf" / name).read_bytes() == (tiny_checkpoint / name).read_bytes()
+
+
+def test_build_plan_sizes_the_prompt_table_and_context(config, tmp_path):
+    steps = _plan(config, tmp_path, "--max-batch", "4", "--tp", "2")
+    build = steps["trtllm-build"]
+    assert _value(build, "--max_prompt_embedding_table_size") == str(4 * 4 * 13 * 256)
+    assert _value(build, "--max_seq_len") == "16384" and _value(build, "--max_input_len") == "16383"
+    assert _value(build, "--kv_cache_type") == "paged" and _value(build, "--use_paged_context_fmha") == "enable"
+    assert _value(build, "--max_batch_size") == "4" and _value(build, "--workers") == "2"
+    convert = next(argv for key, argv in steps.items() if key.endswith("convert_checkpoint.py"))
+    assert _value(convert, "--tp_size") == "2" and _value(convert, "--dtype") == "bfloat16"
+
+
+def test_fp8_plan_quantizes_weights_and_kv_cache(config, tmp_path):
+    steps = _plan(config, tmp_path, "--dtype", "fp8")
+    quantize = next(argv for key, argv in steps.items() if key.endswith("quantize.py"))
+    assert _value(quantize, "--qformat") == "fp8" and _value(quantize, "--kv_cache_dtype") == "fp8"
+    assert _value(steps["trtllm-build"], "--use_fp8_context_fmha") == "enable"
+
+
+def test_planned_repository_selects_the_engine(config, tmp_path):
+    argv = _plan(config, tmp_path)["-m"]
+    subprocess.run(argv, cwd=ROOT, check=True, timeout=60)
+    text = (tmp_path / "model_repository" / "llm" / "config.pbtxt").read_text()
+    assert 'key: "engine"\n  value: { string_value: "tensorrt_llm" }' in text
+    assert f'string_value: "{tmp_path / "engines" / "llm"}"' in text
+    assert (tmp_path / "model_repository" / "llm" / "1" / "model.py").is_file()
+
+
+def test_dry_run_prints_every_command(tiny_checkpoint, tmp_path, capsys):
+    assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    for needle in ("convert_checkpoint.py", "trtllm-build", "nanovl.triton_config", "vision encoder"):
+        assert needle in printed
+    assert not (tmp_path / "engines").exists()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no_config", "no config.json"),
+    ("wrong_architecture", "lack 'Llama_Nemotron_Nano_VL'"),
+    ("no_llm_weights", "no language_model.* weights"),
+])
+def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, message):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, broken)
+    if breakage == "no_config":
+        (broken / "config.json").unlink()
+    elif breakage == "wrong_architecture":
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    else:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(str(broken / "model.safetensors"))
+        save_file({k: v for k, v in weights.items() if not k.startswith("language_model.")},
+                  str(broken / "model.safetensors"))
+    result = subprocess.run([sys.executable, str(ROOT / "build" / "engine.py"), "--checkpoint", str(broken),
+                             "--out", str(tmp_path / "out"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "wrong checkpoint" in result.stderr and message in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,133 @@
+"""nanovl/engine/trtllm.py without TensorRT-LLM: sampling and request mapping, the prompt table, responses."""
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from nanovl.engine import trtllm
+from nanovl.engine.factory import EngineSettings, build_engine
+from nanovl.engine.request import SamplingParams
+from nanovl.errors import ServerError
+
+VOCAB = 1000
+EOT, EOS, EOM = 9, 1, 8
+
+
+def test_greedy_is_top_k_one_without_temperature():
+    kwargs = trtllm.sampling_kwargs(SamplingParams(temperature=0.0, top_p=0.5, seed=3))
+    assert kwargs["top_k"] == 1 and kwargs["temperature"] is None and kwargs["top_p"] is None
+    assert kwargs["seed"] == 3 and kwargs["beam_width"] == 1
+
+
+def test_every_sampling_setting_is_mapped():
+    params = SamplingParams(temperature=0.7, top_p=0.9, top_k=40, seed=11, min_tokens=5, repetition_penalty=1.1,
+                            frequency_penalty=0.5, presence_penalty=-0.25)
+    assert trtllm.sampling_kwargs(params) == {
+        "beam_width": 1, "top_k": 40, "top_p": 0.9, "temperature": 0.7, "seed": 11, "min_tokens": 5,
+        "repetition_penalty": 1.1, "presence_penalty": -0.25, "frequency_penalty": 0.5}
+
+
+def test_defaults_leave_the_executor_defaults():
+    kwargs = trtllm.sampling_kwargs(SamplingParams())
+    assert {k for k, v in kwargs.items() if v is not None} == {"beam_width", "temperature"}
+
+
+def test_stop_ids_become_end_id_and_stop_words():
+    kwargs = trtllm.request_kwargs(SamplingParams(max_tokens=32, stop_token_ids=(EOT, EOS, EOM), logprobs=0))
+    assert kwargs == {"max_tokens": 32, "streaming": True, "end_id": EOT, "pad_id": EOT,
+                      "stop_words": [[EOS], [EOM]], "return_log_probs": True}
+    assert trtllm.request_kwargs(SamplingParams(stop_token_ids=(EOT,)))["stop_words"] is None
+
+
+def test_top_logprobs_are_refused_clearly():
+    assert trtllm.unsupported(SamplingParams(logprobs=0)) is None
+    assert "top_logprobs" in trtllm.unsupported(SamplingParams(logprobs=3))
+
+
+def test_prompt_table_rows_are_checked():
+    ids = np.array([5, VOCAB, VOCAB + 1, 7], np.int32)
+    table = np.ones((2, 8), np.float16)
+    assert trtllm.prompt_table(ids, table, VOCAB).dtype == np.float32
+    assert trtllm.prompt_table(np.array([5, 6]), None, VOCAB) is None
+    with pytest.raises(ServerError, match="no prompt table"):
+        trtllm.prompt_table(ids, None, VOCAB)
+    with pytest.raises(ServerError, match="row 2 of a 2-row"):
+        trtllm.prompt_table(np.array([VOCAB + 2]), table, VOCAB)
+
+
+def test_extra_ids_tell_images_apart_for_cache_reuse():
+    ids = np.array([5, VOCAB, VOCAB + 1, 7])
+    a = trtllm.table_extra_ids(ids, np.zeros((2, 4), np.float32), VOCAB)
+    b = trtllm.table_extra_ids(ids, np.ones((2, 4), np.float32), VOCAB)
+    assert a[0] == a[3] == 0 and a[1] == a[2] >= 1 and a[1] != b[1]
+
+
+def _live(**sampling):
+    return trtllm._Live("r1", prompt_len=12, params=SamplingParams(stop_token_ids=(EOT, EOS), **sampling))
+
+
+def test_streamed_results_accumulate_and_hide_the_stop_token():
+    live = _live()
+    first = trtllm.engine_output(live, [4, 5], final=False, reason_name="NOT_FINISHED")
+    assert (first.token_ids, first.finish_reason, first.completion_tokens, first.prompt_tokens) == ([4, 5], None, 2, 12)
+    last = trtllm.engine_output(live, [6, EOS], final=True, reason_name="STOP_WORDS")
+    assert (last.token_ids, last.finish_reason, last.completion_tokens) == ([6], "stop", 4)
+
+
+def test_end_id_not_returned_is_still_counted():
+    live = _live()
+    out = trtllm.engine_output(live, [4], final=True, reason_name="END_ID")
+    assert (out.token_ids, out.finish_reason, out.completion_tokens) == ([4], "stop", 2)
+
+
+def test_a_final_result_without_a_reason_is_told_apart_by_its_length():
+    live = trtllm._Live("r1", prompt_len=3, params=SamplingParams(max_tokens=3, stop_token_ids=(EOT,)))
+    assert trtllm.engine_output(live, [4, 5, 6], final=True, reason_name=None).finish_reason == "length"
+    assert trtllm.engine_output(_live(), [4], final=True, reason_name="NOT_FINISHED").finish_reason == "stop"
+
+
+@pytest.mark.parametrize("name, reason", [("LENGTH", "length"), ("CANCELLED", "cancelled"), ("TIMED_OUT", "error")])
+def test_finish_reasons(name, reason):
+    out = trtllm.engine_output(_live(), [4, 5], final=True, reason_name=name)
+    assert out.finish_reason == reason and out.token_ids == [4, 5]
+
+
+def test_logprobs_follow_the_shown_tokens():
+    out = trtllm.engine_output(_live(logprobs=0), [4, EOT], final=True, reason_name="END_ID",
+                               log_probs=[-0.1, -0.2, -0.3])
+    assert [lp.logprob for lp in out.logprobs] == [-0.2] and out.logprobs[0].top == []
+
+
+def test_iteration_stats():
+    kv = SimpleNamespace(max_num_blocks=200, used_num_blocks=50)
+    stats = SimpleNamespace(num_active_requests=3, num_queued_requests=2, kv_cache_stats=kv)
+    assert trtllm.stats_from_iteration(stats) == (3, 2, 0.25)
+    assert trtllm.stats_from_iteration(SimpleNamespace(num_active_requests=0, num_queued_requests=0)) == (0, 0, 0.0)
+
+
+def test_engine_world_size(tmp_path):
+    with pytest.raises(ServerError, match="make engine"):
+        trtllm.engine_world_size(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"mapping": {"world_size": 2}}}))
+    assert trtllm.engine_world_size(tmp_path) == 2
+
+
+def test_settings_carry_the_engine_parameters():
+    settings = EngineSettings.from_parameters({"engine": "tensorrt_llm", "engine_dir": "/e",
+                                               "kv_cache_free_gpu_memory_fraction": "0.8",
+                                               "enable_chunked_context": "False", "enable_kv_cache_reuse": "true"})
+    assert (settings.engine_dir, settings.kv_cache_free_gpu_memory_fraction) == ("/e", 0.8)
+    assert settings.enable_chunked_context is False and settings.enable_kv_cache_reuse is True
+    assert EngineSettings.from_parameters({}).enable_chunked_context is True
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is not None, reason="TensorRT-LLM is installed")
+def test_selecting_the_engine_without_tensorrt_llm_fails_clearly(config, tmp_path):
+    with pytest.raises(ServerError, match="needs TensorRT-LLM, which is not installed"):
+        trtllm.TrtLlmEngine(trtllm.TrtLlmOptions(tmp_path), config, print)
+    with pytest.raises(ServerError, match="needs TensorRT-LLM"):
+        build_engine(EngineSettings(engine="tensorrt_llm", engine_dir=str(tmp_path)), config, print)
+    with pytest.raises(ServerError, match="engine_dir"):
+        build_engine(EngineSettings(engine="tensorrt_llm"), config, print)
