@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .settings import CHECKPOINT_ENV
+from .supervisor import Supervisor, instance_counts
 from .triton_config import REPOSITORY
 
 log = logging.getLogger("nanovl.launch")
@@ -77,6 +78,8 @@ def server_command(dist: Path, repository: Path, *, grpc_port: int, http_port: i
         "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
         # Unloading four Python stubs (torch teardown each) takes ~4 s on 2 busy cores.
         "--exit-timeout-secs=15", "--log-info=false",
+        # Explicit control, so that the supervisor can reload a stage whose stub died.
+        "--model-control-mode=explicit", "--load-model=*",
         "--backend-config=python,shm-default-byte-size=1048576",
         "--backend-config=python,shm-growth-byte-size=1048576", *extra,
     ]
@@ -118,15 +121,43 @@ class Stack:
     repository: Path = REPOSITORY
     frontend_env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
+    supervisor: Supervisor | None = None
+    triton: subprocess.Popen | None = None
 
     def start(self, *, deadline_s: float = 120) -> "Stack":
+        try:
+            self.start_triton(deadline_s=deadline_s)
+            self._start_frontend(deadline_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.supervisor = Supervisor(
+            f"127.0.0.1:{self.grpc_port}", f"http://127.0.0.1:{self.http_port}",
+            server_pid=lambda: self.triton.pid if self.triton and self.triton.poll() is None else None,
+            instances=instance_counts(self.repository)).start()
+        return self
+
+    def start_triton(self, *, deadline_s: float = 120) -> None:
         dist = prepare_server(self.workdir)
         env = server_env({CHECKPOINT_ENV: str(self.checkpoint)})
-        triton = subprocess.Popen(server_command(dist, self.repository, grpc_port=self.grpc_port,
-                                                 http_port=self.http_port, metrics_port=self.metrics_port),
-                                  env=env, start_new_session=True)
-        self.processes.append(triton)
-        wait_for_http(f"http://127.0.0.1:{self.http_port}/v2/health/ready", deadline_s=deadline_s, process=triton)
+        self.triton = subprocess.Popen(server_command(dist, self.repository, grpc_port=self.grpc_port,
+                                                      http_port=self.http_port, metrics_port=self.metrics_port),
+                                       env=env, start_new_session=True)
+        self.processes.insert(0, self.triton)
+        wait_for_http(f"http://127.0.0.1:{self.http_port}/v2/health/ready", deadline_s=deadline_s,
+                      process=self.triton)
+
+    def restart_triton_if_dead(self) -> bool:
+        """tritonserver exited on its own: clean up what it left and start it again (the frontend reconnects)."""
+        if self.triton is None or self.triton.poll() is None:
+            return False
+        log.error("tritonserver exited with %s: restarting it", self.triton.returncode)
+        self.processes.remove(self.triton)
+        _kill_group(self.triton)
+        self.start_triton()
+        return True
+
+    def _start_frontend(self, deadline_s: float) -> None:
         frontend_env = {"NANOVL_TRITON_URL": f"127.0.0.1:{self.grpc_port}", CHECKPOINT_ENV: str(self.checkpoint),
                         **self.frontend_env}
         frontend = subprocess.Popen([sys.executable, "-m", "frontend", "--host", "0.0.0.0", "--port", str(self.port)],
@@ -136,16 +167,27 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        if self.supervisor:
+            self.supervisor.stop()
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            _kill_group(process)
         self.processes.clear()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Whatever is left of a child's session (a Python stub outliving a failed tritonserver): killed."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def main() -> None:
@@ -180,7 +222,9 @@ def main() -> None:
         stack.start()
         log.info("serving %s: OpenAI API on http://0.0.0.0:%d/v1, Triton gRPC on %d, metrics on %d",
                  checkpoint, args.port, args.grpc_port, args.metrics_port)
-        while not stopping and all(p.poll() is None for p in stack.processes):
+        while not stopping:
+            if not stack.restart_triton_if_dead() and any(p.poll() is not None for p in stack.processes):
+                break   # the frontend died: stop everything rather than serve half a stack
             time.sleep(0.5)
     finally:
         log.info("stopping")

@@ -1,0 +1,144 @@
+"""Keeps every stage serving: reloads a stage whose Python stub died or that fails a real request.
+
+tritonserver 2.51 does not restart a Python stub that died (OOM kill, crash): the model stays READY while
+every request to it fails with "Stub process ... is not healthy", and the dead stub stays a zombie
+(tritonserver-cpu.md). So each round the supervisor counts each stage's live stub processes under the
+server (a stage with two instances still answers probes with one dead stub) and sends each stage a cheap
+request; a failed stage is unloaded and loaded again through the repository API (the server runs with
+--model-control-mode=explicit), which starts new stubs.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .client import TritonClient, TritonStreamError, bytes_tensor
+
+log = logging.getLogger("nanovl.supervisor")
+PROBE_REQUEST_ID = "nanovl-probe"
+
+
+def probe_inputs(tile_size: int = 512) -> dict[str, dict[str, np.ndarray]]:
+    """A request each stage answers without touching any user's state."""
+    empty_ids = np.zeros(0, np.int32)
+    return {
+        "preprocessing": {"messages": bytes_tensor(json.dumps([{"role": "user", "content": "ping"}]))},
+        "vision_encoder": {"tiles": np.zeros((1, 0, tile_size, tile_size, 3), np.uint8)},
+        "llm": {"stop_request": bytes_tensor(PROBE_REQUEST_ID)},
+        "detokenizer": {"output_ids": empty_ids, "new_token_offset": np.zeros(1, np.int32),
+                        "finish_reason": bytes_tensor("stop"), "prompt_tokens": np.zeros(1, np.int32),
+                        "completion_tokens": np.zeros(1, np.int32), "trim_bytes": np.zeros(1, np.int32),
+                        "token_logprobs": np.zeros(0, np.float32), "top_logprob_ids": np.zeros((0, 0), np.int32),
+                        "top_logprob_values": np.zeros((0, 0), np.float32)},
+    }
+
+
+def instance_counts(repository: Path) -> dict[str, int]:
+    """Stub processes each Python stage of a repository runs (instance_group counts)."""
+    counts = {}
+    for config in repository.glob("*/config.pbtxt"):
+        text = config.read_text()
+        if 'backend: "python"' in text:
+            counts[config.parent.name] = sum(int(n) for n in re.findall(r"count:\s*(\d+)", text)) or 1
+    return counts
+
+
+def stub_processes(server_pid: int) -> list[tuple[int, str]]:
+    """(pid, stage) of the live (not zombie) Python stubs under a tritonserver; the stage from the model path."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == server_pid and stat[0] != "Z" and cmdline[0].endswith(b"triton_python_backend_stub"):
+            found.append((int(entry.name), Path(cmdline[1].decode()).parent.parent.name))   # .../<stage>/1/model.py
+    return found
+
+
+def live_stubs(server_pid: int) -> dict[str, int]:
+    live: dict[str, int] = {}
+    for _, stage in stub_processes(server_pid):
+        live[stage] = live.get(stage, 0) + 1
+    return live
+
+
+@dataclass
+class Supervisor:
+    grpc_url: str
+    http_url: str                      # Triton's HTTP endpoint, for the repository API
+    server_pid: Callable[[], int | None] = lambda: None   # tritonserver's pid now (None: not local)
+    instances: dict[str, int] = field(default_factory=dict)
+    interval_s: float = 2.0
+    probe_timeout_s: float = 10.0
+    reloads: list[tuple[float, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "Supervisor":
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.probe_timeout_s + self.interval_s)
+
+    async def _run(self) -> None:
+        client = TritonClient(self.grpc_url)
+        try:
+            while not self._stop.wait(self.interval_s):
+                dead = self.dead_stubs()
+                for stage, inputs in probe_inputs().items():
+                    failure = dead.get(stage) or await self.probe(client, stage, inputs)
+                    if failure and not self._stop.is_set():
+                        log.warning("stage %s failed its probe (%s): reloading it", stage, failure)
+                        await asyncio.to_thread(self.reload, stage)
+        finally:
+            await client.close()
+
+    def dead_stubs(self) -> dict[str, str]:
+        pid = self.server_pid()
+        if pid is None or not self.instances:
+            return {}
+        live = live_stubs(pid)
+        return {stage: f"{expected - live.get(stage, 0)} of {expected} stub processes dead"
+                for stage, expected in self.instances.items() if live.get(stage, 0) < expected}
+
+    async def probe(self, client: TritonClient, stage: str, inputs) -> str | None:
+        """None if the stage answered; else why not. A server that is down is not a stage failure."""
+        try:
+            async for _ in client.stream(stage, inputs, request_id=PROBE_REQUEST_ID, timeout=self.probe_timeout_s):
+                pass
+        except TritonStreamError as exc:
+            return str(exc)
+        except Exception:   # tritonserver unreachable (restarting): the launcher handles that
+            return None
+        return None
+
+    def reload(self, stage: str) -> None:
+        for action in ("unload", "load"):
+            request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{stage}/{action}", data=b"{}",
+                                             method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60):
+                    pass
+            except OSError as exc:
+                log.error("%s of %s failed: %s", action, stage, exc)
+                return
+        self.reloads.append((time.time(), stage))
+        log.warning("stage %s reloaded", stage)

@@ -1,0 +1,60 @@
+"""Damage done for real to a stack of its own: a stage's stub killed, tritonserver killed."""
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from nanovl.launch import Stack, free_port
+from nanovl.supervisor import stub_processes
+from tests.integration.conftest import MODEL
+
+
+@pytest.fixture(scope="module")
+def fragile(tiny_checkpoint):
+    ports = [free_port() for _ in range(4)]
+    stack = Stack(tiny_checkpoint, port=ports[0], grpc_port=ports[1], metrics_port=ports[2], http_port=ports[3])
+    stack.start(deadline_s=180)
+    yield stack
+    stack.stop()
+
+
+def stub_pid(stack: Stack, stage: str) -> int:
+    return next(pid for pid, name in stub_processes(stack.triton.pid) if name == stage)
+
+
+def chat(stack: Stack, timeout: float = 10.0) -> httpx.Response:
+    return httpx.post(f"http://127.0.0.1:{stack.port}/v1/chat/completions", timeout=timeout,
+                      json={"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def served_again_within(stack: Stack, seconds: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            if chat(stack).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not serving {seconds} s after the damage")
+
+
+@pytest.mark.parametrize("stage", ["llm", "preprocessing"])
+def test_a_killed_stage_is_reloaded_and_serves_again(fragile, stage):
+    assert chat(fragile).status_code == 200
+    os.kill(stub_pid(fragile, stage), signal.SIGKILL)
+    deadline = time.monotonic() + 30   # measured 4-8 s (docs/reliability.md); slack for a loaded CI machine
+    while stage not in [s for _, s in fragile.supervisor.reloads] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stage in [s for _, s in fragile.supervisor.reloads]
+    assert served_again_within(fragile, 10) < 10
+    assert all(chat(fragile).status_code == 200 for _ in range(4))   # every instance serves
+
+
+def test_a_killed_tritonserver_is_restarted(fragile):
+    os.kill(fragile.triton.pid, signal.SIGKILL)
+    fragile.triton.wait()
+    assert fragile.restart_triton_if_dead()
+    assert served_again_within(fragile, 30) < 30
