@@ -27,29 +27,46 @@ DEFAULT_PARAMETERS = {
                       "allow_private_image_urls": "false", "image_url_domains": "",
                       "image_fetch_connect_timeout_s": "5", "image_fetch_read_timeout_s": "10",
                       "image_fetch_timeout_s": "30", "image_fetch_max_redirects": "3"},
-    "vision_encoder": {"checkpoint_dir": "", "device": "cpu", "dtype": ""},
+    "vision_encoder": {"checkpoint_dir": "", "device": "cpu", "dtype": "", "torch_threads": "1"},
     "llm": {"checkpoint_dir": "", **{k: "" if v is None else str(v) for k, v in asdict(EngineSettings()).items()}},
     "detokenizer": {"checkpoint_dir": ""},
 }
 INSTANCES = {"preprocessing": 2, "vision_encoder": 1, "llm": 1, "detokenizer": 1}
 
 
-def _tensor(t: Tensor, kind: str) -> str:
+def _tensor(t: Tensor, kind: str, ragged: bool = False) -> str:
     dims = ", ".join(str(d) for d in t.dims)
     optional = "\n    optional: true" if t.optional and kind == "input" else ""
+    optional += "\n    allow_ragged_batch: true" if ragged and kind == "input" else ""
     return f"  {{\n    name: \"{t.name}\"\n    data_type: {t.dtype}\n    dims: [ {dims} ]{optional}\n  }}"
 
 
-def _io(kind: str, tensors) -> str:
-    return f"{kind} [\n" + ",\n".join(_tensor(t, kind) for t in tensors) + "\n]\n"
+def _io(kind: str, tensors, ragged: bool = False) -> str:
+    return f"{kind} [\n" + ",\n".join(_tensor(t, kind, ragged) for t in tensors) + "\n]\n"
+
+
+# The vision encoder takes Triton's dynamic batching: requests waiting together reach one execute() and
+# one encoder forward. Their tensors carry a leading batch dim of 1 (TensorRT-LLM's prompt-table layout);
+# tiles are ragged (each request has its own tile count, 0 for text-only).
+BATCHED = {"vision_encoder": (16, 2000)}   # stage: (max_batch_size, max queue delay in microseconds)
+
+
+def _without_batch_dim(t: Tensor) -> Tensor:
+    return Tensor(t.name, t.dtype, t.dims[1:], t.optional, t.doc)
 
 
 def stage_config(name: str, parameters: dict[str, str]) -> str:
     inputs, outputs = MODELS[name]
-    text = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+    if name in BATCHED:
+        inputs, outputs = [_without_batch_dim(t) for t in inputs], [_without_batch_dim(t) for t in outputs]
+        max_batch, delay_us = BATCHED[name]
+        text = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
+        text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n"
+    else:
+        text = f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
     if name in DECOUPLED:
         text += "model_transaction_policy {\n  decoupled: true\n}\n"
-    text += _io("input", inputs) + _io("output", outputs)
+    text += _io("input", inputs, ragged=name in BATCHED) + _io("output", outputs)
     text += f"instance_group [\n  {{\n    count: {INSTANCES[name]}\n    kind: KIND_CPU\n  }}\n]\n"
     for key, value in sorted(parameters.items()):
         text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'

@@ -99,6 +99,11 @@ class GenerationService:
             self.engine.cancel(key)
         return len(keys)
 
+    def knows(self, label: str) -> bool:
+        """Whether a stream submitted with this label is still generating or waiting."""
+        with self._lock:
+            return bool(label) and any(s.label == label for s in self._streams.values())
+
     def cancel_stream(self, target) -> None:
         with self._lock:
             keys = [key for key, s in self._streams.items() if s.target is target]

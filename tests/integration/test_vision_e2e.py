@@ -4,6 +4,7 @@ import base64
 import io
 from http.server import BaseHTTPRequestHandler
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -105,3 +106,30 @@ def test_too_many_images_and_too_long_prompts_are_400(openai_client):
         openai_client.chat.completions.create(model=MODEL, messages=turns)
     assert openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "ok"}],
                                                  max_tokens=2).choices
+
+
+def test_concurrent_image_requests_share_vision_encoder_batches(stack):
+    """Triton's dynamic batcher hands the vision encoder several requests per execute(): fewer executions
+    than requests (Triton's own statistics)."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    def counts():
+        stats = httpx.get(f"http://127.0.0.1:{stack.http_port}/v2/models/vision_encoder/stats").json()
+        model = stats["model_stats"][0]
+        return model["inference_count"], model["execution_count"]
+
+    before = counts()
+
+    async def burst():
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.port}/v1", api_key="unused", max_retries=0)
+        content = [{"type": "image_url", "image_url": {"url": data_url(640, 480)}}, {"type": "text", "text": "hi"}]
+        await asyncio.gather(*(client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": content if i % 2 else "text only"}], max_tokens=2)
+            for i in range(12)))
+    asyncio.run(burst())
+    after = counts()
+    requests, executions = after[0] - before[0], after[1] - before[1]
+    # The supervisor's probes may add a request (and an execution) of their own.
+    assert requests >= 12 and executions < requests

@@ -1,6 +1,8 @@
 """Triton adapter for the decoupled llm stage: execute() enqueues and returns; the engine loop generates and
 a sender thread streams. The logic is nanovl.engine (GenerationService)."""
+import json
 import threading
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -31,6 +33,9 @@ def _scalar(request, name):
 
 class TritonPythonModel:
     def initialize(self, args):
+        # A client whose stream went silent compares this with its own start: a stage loaded after the
+        # request began (the supervisor reloaded a dead stub) has lost it.
+        self.started_at = time.time()
         params = model_parameters(args)
         self.config = load_config(params["checkpoint_dir"])
         settings = EngineSettings.from_parameters(params)
@@ -47,8 +52,16 @@ class TritonPythonModel:
                     self.service.cancel_request(stop_request.reshape(-1)[0].decode())
                     sender.send(flags=_FINAL)
                     continue
+                status_request = _input(request, "status_request")
+                if status_request is not None:
+                    status = {"known": self.service.knows(status_request.reshape(-1)[0].decode()),
+                              "started_at": self.started_at}
+                    reply = pb_utils.Tensor("finish_reason", np.array([json.dumps(status).encode()], np.object_))
+                    sender.send(pb_utils.InferenceResponse([reply]), flags=_FINAL)
+                    continue
                 prompt_ids = _input(request, "input_ids").reshape(-1)
-                table = _input(request, "prompt_embedding_table")
+                table = _input(request, "prompt_embedding_table")   # [1, rows, hidden]
+                table = None if table is None else table.reshape(-1, table.shape[-1])
                 stop = _input(request, "stop")
                 stop_ids = _input(request, "stop_token_ids")
                 sampling = sampling_params(
