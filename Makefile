@@ -14,7 +14,7 @@ TP ?= 1
 # The venv's Python where there is one; the container's python3 inside the GPU image.
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess
+.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned to its CPU build; an unpinned torch pulls a CUDA build of several GB.
-	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test,bench]'
 	# The tritonserver 2.51 binary and Python backend; its own Python API (and its pins) are not used.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $@
@@ -55,6 +55,9 @@ clean: ## Remove the virtualenv, generated checkpoints and run files
 
 bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' continuous batching at 1, 8, 32 clients
 	$(BIN)/python bench/engine.py --checkpoint $(TINY)
+
+bench-serve: $(TINY)/config.json ## Streamed tok/s + TTFT at 1/16/64 clients: frontend+Triton vs engine in-process vs transformers serve
+	$(BIN)/python bench/serve.py --checkpoint $(TINY)
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
 	$(BIN)/python bench/preprocess.py

@@ -13,7 +13,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=5)   # our middleware logs one line per request
 
 
 if __name__ == "__main__":

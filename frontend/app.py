@@ -1,4 +1,4 @@
-"""The FastAPI app: routes, OpenAI-style errors, health."""
+"""The FastAPI app: routes, middleware (request id, API key, body limit, CORS), health, metrics, version."""
 from __future__ import annotations
 
 import logging
@@ -6,20 +6,18 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 
-from nanovl.errors import NanoVLError
-
-from . import chat
+from . import chat, completions, errors
+from .admission import Admission
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .middleware import OPEN_PATHS, RequestMiddleware
 from .settings import Settings
 from .triton import Ensemble
 
 log = logging.getLogger("nanovl.frontend")
-
-
-def error_body(message: str, type_: str, param=None, code=None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+API_VERSION = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,21 +31,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.ensemble.client.close()
 
-    app = FastAPI(title="Llama-3.1-Nemotron-Nano-VL OpenAI API", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Llama-3.1-Nemotron-Nano-VL OpenAI API", version=API_VERSION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
+    app.state.metrics = Metrics(app.state.admission)
     app.include_router(chat.router)
+    app.include_router(completions.router)
+    errors.install(app)
+    _add_service_routes(app, settings)
+    endpoints = frozenset(app.openapi()["paths"]) | OPEN_PATHS   # metric labels: known paths only
+    app.add_middleware(RequestMiddleware, settings=settings, metrics=app.state.metrics, endpoints=endpoints)
+    if settings.cors_origins:   # outermost, so that preflight requests need no API key
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+    return app
 
-    @app.exception_handler(NanoVLError)
-    async def _nanovl_error(_: Request, exc: NanoVLError):
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        return JSONResponse(error_body(message, "invalid_request_error", where or None), status_code=400)
-
+def _add_service_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
@@ -63,4 +63,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503)
 
-    return app
+    @app.get("/v1/metrics")
+    async def metrics(request: Request):
+        return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/version")
+    async def version():   # NIM's shape: the product release and the API's semver
+        return {"release": API_VERSION, "api": API_VERSION}
+
+    @app.get("/v1/metadata")
+    async def metadata():   # the parts of NIM's metadata that mean something outside NVIDIA's container
+        return {"version": API_VERSION, "modelInfo": [{"shortName": settings.model_name,
+                                                       "modelUrl": f"https://huggingface.co/{settings.model_name}"}],
+                "assetInfo": [], "repository_override": "", "selectedModelProfileId": ""}

@@ -1,18 +1,19 @@
-"""The ensemble behind a small async interface: a chat request in, deltas out."""
+"""The ensemble behind a small async interface: a chat or completion request in, deltas out."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import grpc
 import numpy as np
 
 from nanovl.client import TritonClient, TritonStreamError, bytes_tensor
 from nanovl.errors import ClientError, NanoVLError, ServerError, from_wire
 
-from .schemas import ChatCompletionRequest
+from .errors import HTTPError
+from .schemas import SamplingRequest
 
 log = logging.getLogger("nanovl.frontend")
 _DTYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32, "top_k": np.int32,
@@ -20,6 +21,9 @@ _DTYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float3
            "presence_penalty": np.float32, "repetition_penalty": np.float32, "logprobs": np.int32,
            "stop": np.object_}
 STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer", "ensemble")
+# The ensemble outputs a response needs; the logprob ones only when asked for (fewer tensors per response).
+_OUTPUTS = ("text_output", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens")
+_LOGPROB_OUTPUTS = ("token_logprobs", "tokens", "top_logprob_values", "top_logprob_tokens")
 
 
 @dataclass
@@ -45,8 +49,26 @@ def _logprobs(out: dict) -> list[dict] | None:
                                                            out["top_logprob_values"])]
 
 
+# Triton's own (untagged) words for a model that cannot serve now: the request may succeed later.
+_UNAVAILABLE = ("is not ready", "unknown model", "is not healthy", "unavailable")
+
+
+def unavailable(detail: str) -> HTTPError:
+    return HTTPError(503, f"Triton is unavailable: {detail}", type_="service_unavailable",
+                     code="triton_unavailable", headers={"Retry-After": "1"})
+
+
+def _rpc_error(exc) -> HTTPError:
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return HTTPError(504, "the generation did not finish within the request timeout", type_="timeout_error",
+                         code="request_timeout")
+    return unavailable(exc.details() or str(exc.code()))
+
+
 def _wire_error(message: str) -> NanoVLError:
     wire = from_wire(message)
+    if wire.status == 500 and any(words in wire.message.lower() for words in _UNAVAILABLE):
+        return unavailable(wire.message)
     cls = ClientError if 400 <= wire.status < 500 else ServerError
     error = cls(wire.message, param=wire.param, code=wire.code)
     error.status = wire.status
@@ -67,14 +89,17 @@ class Ensemble:
                 return False
         return True
 
-    async def generate(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[Delta]:
-        inputs = {"messages": bytes_tensor(json.dumps(request.messages))}
+    async def generate(self, request: SamplingRequest, request_id: str) -> AsyncIterator[Delta]:
+        name, text = request.prompt_input()
+        inputs = {name: bytes_tensor(text)}
         for name, value in request.sampling_inputs().items():
             if value is not None:
                 values = [v.encode() for v in value] if name == "stop" else [value]
                 inputs[name] = np.array(values, dtype=_DTYPES[name])
         finished = False
-        stream = self.client.stream(self.model, inputs, request_id=request_id, timeout=self.timeout_s)
+        outputs = _OUTPUTS + (_LOGPROB_OUTPUTS if "logprobs" in inputs else ())
+        stream = self.client.stream(self.model, inputs, request_id=request_id, timeout=self.timeout_s,
+                                    outputs=outputs)
         try:
             async for out in stream:
                 if "text_output" not in out:
@@ -89,19 +114,14 @@ class Ensemble:
         except TritonStreamError as exc:
             finished = True   # the error ended the request on the server
             raise _wire_error(str(exc)) from None
-        except Exception as exc:
-            import grpc
-
-            if isinstance(exc, grpc.RpcError):
-                error = ServerError(f"Triton is unavailable: {exc.details() if hasattr(exc, 'details') else exc}")
-                error.status = 503
-                raise error from None
-            raise
+        except grpc.RpcError as exc:
+            finished = exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED   # only a timeout leaves llm running
+            raise _rpc_error(exc) from None
         finally:
             await stream.aclose()
             if not finished:
-                # Left early (client gone): on tritonserver 2.51 the ensemble's cancel never reaches llm, so
-                # tell llm directly; its slot is free at the next engine step.
+                # Left early (client gone, timeout): on tritonserver 2.51 the ensemble's cancel never reaches
+                # llm, so tell llm directly; its slot is free at the next engine step.
                 asyncio.get_running_loop().create_task(self.stop(request_id))
 
     async def stop(self, request_id: str) -> None:

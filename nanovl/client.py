@@ -18,8 +18,12 @@ class TritonStreamError(Exception):
     """An error response on the stream; the message is the model's (see nanovl.errors.from_wire)."""
 
 
-def infer_request(model: str, inputs: dict[str, np.ndarray], *, request_id: str = "") -> service_pb2.ModelInferRequest:
+def infer_request(model: str, inputs: dict[str, np.ndarray], *, request_id: str = "",
+                  outputs: tuple[str, ...] = ()) -> service_pb2.ModelInferRequest:
+    """outputs: the output names wanted (Triton sends only those); empty for all of them."""
     request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name in outputs:
+        request.outputs.add().name = name
     for name, array in inputs.items():
         tensor = request.inputs.add()
         tensor.name = name
@@ -62,11 +66,13 @@ class TritonClient:
             return False
 
     async def stream(self, model: str, inputs: dict[str, np.ndarray], *, request_id: str = "",
-                     timeout: float | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
-        """Yields each response's outputs (an empty dict for a bare final flag) until the final one.
+                     timeout: float | None = None,
+                     outputs: tuple[str, ...] = ()) -> AsyncIterator[dict[str, np.ndarray]]:
+        """Yields each response's outputs (an empty dict for a bare final flag) until the final one; only
+        `outputs` if named (each output costs serialization on both sides, per response).
         Leaving the loop early cancels the call, which ends the stream on the server."""
-        call = self._stub.ModelStreamInfer(iter([infer_request(model, inputs, request_id=request_id)]),
-                                           timeout=timeout)
+        request = infer_request(model, inputs, request_id=request_id, outputs=outputs)
+        call = self._stub.ModelStreamInfer(iter([request]), timeout=timeout)
         finished = False
         try:
             async for reply in call:

@@ -87,6 +87,26 @@ class Preprocessor:
         remote = _remote(chat)
         return self._build(chat, self.fetcher.fetch_many(remote) if remote else [])
 
+    def from_inputs(self, messages: bytes | None, prompt: bytes | None) -> Preprocessed:
+        """The stage's two optional inputs, of which a request sends exactly one."""
+        if (messages is None) == (prompt is None):
+            raise ClientError("send exactly one of messages (a chat) and prompt (raw text)",
+                              param="messages" if messages is None else "prompt")
+        return self(messages) if prompt is None else self.raw_prompt(prompt)
+
+    def raw_prompt(self, prompt: bytes | str) -> Preprocessed:
+        """A completion prompt: no chat template, no images; <|begin_of_text|> first, as vLLM tokenizes it."""
+        try:
+            text = prompt.decode("utf-8") if isinstance(prompt, bytes) else prompt
+        except UnicodeDecodeError:
+            raise ClientError("prompt is not valid UTF-8", param="prompt") from None
+        input_ids = np.asarray(self.tokenizer(text).input_ids, dtype=np.int32)
+        if len(input_ids) >= self.config.max_context:
+            raise ClientError(f"the prompt is {len(input_ids)} tokens; the context holds {self.config.max_context} "
+                              "tokens, prompt and answer together", param="prompt", code="context_length_exceeded")
+        side = self.config.image_size
+        return Preprocessed(input_ids, np.zeros((0, side, side, 3), np.uint8))
+
     def close(self) -> None:
         if "fetcher" in vars(self):
             self.fetcher.close()

@@ -17,8 +17,9 @@ class Tensor:
     doc: str = ""
 
 
-# ensemble / preprocessing input
-MESSAGES = Tensor("messages", "TYPE_STRING", (1,), doc="JSON list of OpenAI chat messages (text and image_url parts)")
+# ensemble / preprocessing input: exactly one of messages (chat template applied) and prompt (raw text)
+MESSAGES = Tensor("messages", "TYPE_STRING", (1,), True, "JSON list of OpenAI chat messages (text and image_url parts)")
+PROMPT = Tensor("prompt", "TYPE_STRING", (1,), True, "raw prompt text, tokenized as is with <|begin_of_text|> first")
 # sampling: optional everywhere; absent means the default of SamplingParams
 MAX_TOKENS = Tensor("max_tokens", "TYPE_INT32", (1,), True, "most tokens to generate")
 TEMPERATURE = Tensor("temperature", "TYPE_FP32", (1,), True, "0 = greedy")
@@ -38,12 +39,15 @@ SAMPLING = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, MIN_TOKENS, REPETITION_
 # preprocessing -> vision_encoder / llm (optional on llm itself, whose other use is a stop request)
 INPUT_IDS = Tensor("input_ids", "TYPE_INT32", (-1,), doc="prompt ids; ids >= vocab_size are image embedding rows")
 LLM_INPUT_IDS = Tensor(INPUT_IDS.name, INPUT_IDS.dtype, INPUT_IDS.dims, True, INPUT_IDS.doc)
-TILES = Tensor("tiles", "TYPE_UINT8", (-1, -1, -1, 3), doc="RGB tiles [n, 512, 512, 3] of all images, in order")
+TILES = Tensor("tiles", "TYPE_UINT8", (1, -1, -1, -1, 3), doc="RGB tiles [1, n, 512, 512, 3] of all images, in order")
 # vision_encoder -> llm
-PROMPT_TABLE = Tensor("prompt_embedding_table", "TYPE_FP32", (-1, -1), True,
-                      doc="[rows, hidden] image embeddings; row k is prompt id vocab_size + k")
+PROMPT_TABLE = Tensor("prompt_embedding_table", "TYPE_FP32", (1, -1, -1), True,
+                      doc="[1, rows, hidden] image embeddings; row k is prompt id vocab_size + k")
 # a request to llm alone: end the stream of this Triton request id now (frees its engine slot)
 STOP_REQUEST = Tensor("stop_request", "TYPE_STRING", (1,), True, "the request id of a stream to stop")
+# a request to llm alone: one response whose finish_reason is a JSON status of that request id
+STATUS_REQUEST = Tensor("status_request", "TYPE_STRING", (1,), True,
+                        'a request id; answers {"known": bool, "started_at": unix time llm was loaded}')
 # llm -> detokenizer (one response per batch of new tokens)
 OUTPUT_IDS = Tensor("output_ids", "TYPE_INT32", (-1,), doc="left-context ids followed by the new ids")
 NEW_OFFSET = Tensor("new_token_offset", "TYPE_INT32", (1,), doc="how many of output_ids are context")
@@ -66,10 +70,10 @@ _CLIENT_OUT = (TEXT_OUTPUT, TOKEN_IDS, FINISH_REASON, PROMPT_TOKENS, COMPLETION_
                TOP_LOGPROBS, TOP_LOGPROB_TOKENS)
 
 MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
-    "preprocessing": ((MESSAGES,), (INPUT_IDS, TILES)),
+    "preprocessing": ((MESSAGES, PROMPT), (INPUT_IDS, TILES)),
     "vision_encoder": ((TILES,), (PROMPT_TABLE,)),
-    "llm": ((LLM_INPUT_IDS, PROMPT_TABLE, *SAMPLING, STOP_REQUEST), _LLM_OUT),
+    "llm": ((LLM_INPUT_IDS, PROMPT_TABLE, *SAMPLING, STOP_REQUEST, STATUS_REQUEST), _LLM_OUT),
     "detokenizer": (_LLM_OUT, _CLIENT_OUT),
-    "ensemble": ((MESSAGES, *SAMPLING), _CLIENT_OUT),
+    "ensemble": ((MESSAGES, PROMPT, *SAMPLING), _CLIENT_OUT),
 }
 DECOUPLED = {"llm", "ensemble"}

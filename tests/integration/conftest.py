@@ -35,3 +35,22 @@ def data_url(width: int, height: int, color=(200, 30, 30), fmt="PNG") -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, fmt)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def make_frontend(stack):
+    """In-process frontends with settings of their own (limits, timeouts), on the session's tritonserver."""
+    from fastapi.testclient import TestClient
+
+    from frontend.app import create_app
+    from frontend.settings import Settings
+
+    clients = []
+
+    def make(**settings) -> TestClient:
+        client = TestClient(create_app(Settings(triton_url=f"127.0.0.1:{stack.grpc_port}", **settings)))
+        clients.append(client.__enter__())
+        return client
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -1,4 +1,5 @@
 """End to end through frontend -> Triton gRPC -> ensemble (all four stages) -> back, with the OpenAI SDK."""
+import asyncio
 import json
 
 import httpx
@@ -105,3 +106,21 @@ def test_raw_sse_stream_ends_with_done(stack):
         events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_async_sdk_streamed_and_not(stack):
+    from openai import AsyncOpenAI
+
+    async def run():
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.port}/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(120, 90)}},
+                                                 {"type": "text", "text": "What is it?"}]}]
+        whole, stream = await asyncio.gather(
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0),
+            client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                           stream=True))
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await client.close()
+        return whole, text
+    whole, text = asyncio.run(run())
+    assert whole.choices[0].message.content == text and whole.usage.completion_tokens >= 1

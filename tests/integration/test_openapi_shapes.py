@@ -65,3 +65,10 @@ def test_models_and_errors_match_the_spec(stack, validator_for):
     error = httpx.post(f"{base}/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert error.status_code == 404
     validator_for("ErrorResponse").validate(error.json())
+
+
+def test_text_completion_matches_the_spec(stack, validator_for):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 5, "logprobs": 2}
+    response = httpx.post(f"http://127.0.0.1:{stack.port}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200
+    validator_for("CreateCompletionResponse").validate(response.json())

@@ -1,4 +1,4 @@
-"""Triton adapter: messages -> input_ids + tiles. The logic is nanovl.preprocess.
+"""Triton adapter: messages (or a raw prompt) -> input_ids + tiles. The logic is nanovl.preprocess.
 
 The Preprocessor fetches a request's remote images concurrently on its own event-loop thread, which lives
 as long as the model (one HTTP client and connection pool for every request, not one per execute()).
@@ -11,6 +11,12 @@ from nanovl.preprocess import PreprocessSettings, Preprocessor
 from nanovl.settings import model_parameters
 
 
+def _scalar(request, name: str):
+    """The one element of an optional BYTES [1] input, or None when the request left it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
@@ -21,11 +27,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                messages = pb_utils.get_input_tensor_by_name(request, "messages").as_numpy().reshape(-1)[0]
-                result = self.preprocess(messages)
+                result = self.preprocess.from_inputs(_scalar(request, "messages"), _scalar(request, "prompt"))
                 responses.append(pb_utils.InferenceResponse([
                     pb_utils.Tensor("input_ids", result.input_ids),
-                    pb_utils.Tensor("tiles", np.ascontiguousarray(result.tiles)),
+                    pb_utils.Tensor("tiles", np.ascontiguousarray(result.tiles)[None]),
                 ]))
             except NanoVLError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.to_wire())))
