@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -75,11 +78,16 @@ def _wire_error(message: str) -> NanoVLError:
     return error
 
 
+STALL_CHECK_S = 2.0   # silence on a stream after which llm is asked whether the request still exists
+
+
 class Ensemble:
-    def __init__(self, url: str, model: str = "ensemble", timeout_s: float | None = None):
+    def __init__(self, url: str, model: str = "ensemble", timeout_s: float | None = None,
+                 stall_check_s: float = STALL_CHECK_S):
         self.client = TritonClient(url)
         self.model = model
         self.timeout_s = timeout_s
+        self.stall_check_s = stall_check_s
 
     async def ready(self) -> bool:
         if not await self.client.server_ready():
@@ -98,8 +106,9 @@ class Ensemble:
                 inputs[name] = np.array(values, dtype=_DTYPES[name])
         finished = False
         outputs = _OUTPUTS + (_LOGPROB_OUTPUTS if "logprobs" in inputs else ())
-        stream = self.client.stream(self.model, inputs, request_id=request_id, timeout=self.timeout_s,
-                                    outputs=outputs)
+        started = time.time()
+        stream = self._watched(self.client.stream(self.model, inputs, request_id=request_id,
+                                                  timeout=self.timeout_s, outputs=outputs), request_id, started)
         try:
             async for out in stream:
                 if "text_output" not in out:
@@ -123,6 +132,49 @@ class Ensemble:
                 # Left early (client gone, timeout): on tritonserver 2.51 the ensemble's cancel never reaches
                 # llm, so tell llm directly; its slot is free at the next engine step.
                 asyncio.get_running_loop().create_task(self.stop(request_id))
+
+    async def _watched(self, stream: AsyncIterator[dict], request_id: str, started: float) -> AsyncIterator[dict]:
+        """The stream's responses; if none comes for stall_check_s, asks llm whether the request was lost.
+
+        A request in flight when llm's stub died is never answered (tritonserver 2.51 sends no error, and the
+        supervisor's reload starts a stub that never heard of it): without this it would hang to the timeout.
+        """
+        pending = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({pending}, timeout=self.stall_check_s)
+                if not done:
+                    if await self._lost(request_id, started):
+                        raise unavailable("the llm stage failed while generating this request; retry it")
+                    continue
+                task, pending = pending, None
+                try:
+                    out = task.result()
+                except StopAsyncIteration:
+                    return
+                yield out
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await stream.aclose()
+
+    async def _lost(self, request_id: str, started: float) -> bool:
+        try:
+            status = {}
+            async for out in self.client.stream("llm", {"status_request": bytes_tensor(request_id)}, timeout=5):
+                if "finish_reason" in out:
+                    status = json.loads(out["finish_reason"][0])
+        except TritonStreamError:
+            return True   # llm cannot answer: its stub is dead
+        except grpc.RpcError:
+            return False  # the server itself is unreachable: the request's own call reports that
+        # Unknown to an llm loaded after the request began: lost. Unknown to an older llm: not there yet
+        # (a slow image fetch) or just finished: keep waiting.
+        return not status.get("known", True) and status.get("started_at", 0.0) > started
 
     async def stop(self, request_id: str) -> None:
         try:

@@ -25,6 +25,9 @@ class EngineSettings:
     # CPU only. One intra-op thread: the stages share the cores with each other, and OpenMP's spin-waits
     # under contention made a small matmul 100x slower with 2 threads than with 1 (docs/perf.md).
     torch_threads: int = 1
+    # The llm stage sends each stream at most one response per interval, carrying every token made meanwhile:
+    # fewer, fuller responses through the ensemble (docs/perf.md). 0 = a response per engine step.
+    stream_interval_ms: float = 50.0
     # tensorrt_llm only: the trtllm-build output `make engine` wrote, the share of free GPU memory the
     # Executor's paged KV cache takes, chunked prefill, and KV-cache block reuse across requests.
     engine_dir: str = ""
@@ -41,6 +44,7 @@ class EngineSettings:
                    kv_cache_tokens=int(params.get("kv_cache_tokens", cls.kv_cache_tokens)),
                    block_size=int(params.get("block_size", cls.block_size)),
                    torch_threads=int(params.get("torch_threads", cls.torch_threads)),
+                   stream_interval_ms=float(params.get("stream_interval_ms", cls.stream_interval_ms)),
                    engine_dir=params.get("engine_dir", cls.engine_dir),
                    kv_cache_free_gpu_memory_fraction=float(params.get("kv_cache_free_gpu_memory_fraction",
                                                                       cls.kv_cache_free_gpu_memory_fraction)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -70,8 +71,10 @@ class GenerationService:
     """Owns the engine, the per-stream framing and the sender thread. `send(key, message)` delivers."""
 
     def __init__(self, engine_factory: Callable[[Callable[[EngineOutput], None]], object],
-                 token_bytes: TokenBytes, send: Callable[[object, StreamMessage], None]):
+                 token_bytes: TokenBytes, send: Callable[[object, StreamMessage], None], *,
+                 stream_interval_s: float = 0.0):
         self._send = send
+        self._interval = stream_interval_s
         self._token_bytes = token_bytes
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
@@ -116,22 +119,45 @@ class GenerationService:
         self._sender.join(timeout=5)
 
     def _send_loop(self) -> None:
-        while True:
-            first = self._outbox.get()
-            if first is None:
-                return
-            batch = [first]
-            while True:   # everything ready now goes out in this round
-                try:
-                    item = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
+        """Streams get at most one response per stream interval, carrying every token made meanwhile:
+        responses, not tokens, are what streaming costs (tritonserver-cpu.md). A stream's first and last
+        responses go out at once, so pacing costs neither time to first token nor end-to-end latency."""
+        pending: dict[str, list[EngineOutput]] = {}
+        last_sent: dict[str, float] = {}
+        closing = False
+        while not (closing and not pending):
+            timeout = None
+            if pending:
+                due = min(last_sent.get(key, float("-inf")) + self._interval for key in pending)
+                timeout = max(0.0, due - time.monotonic())
+            for item in self._take(timeout):
                 if item is None:
-                    self._outbox.put(None)
-                    break
-                batch.append(item)
-            for key, outputs in _by_stream(batch).items():
-                self._deliver(key, outputs)
+                    closing = True
+                else:
+                    pending.setdefault(item.request_id, []).append(item)
+            now = time.monotonic()
+            for key in list(pending):
+                outputs = pending[key]
+                final = outputs[-1].finished
+                if final or closing or key not in last_sent or now - last_sent[key] >= self._interval:
+                    del pending[key]
+                    self._deliver(key, outputs)
+                    if final:
+                        last_sent.pop(key, None)
+                    else:
+                        last_sent[key] = now
+
+    def _take(self, timeout: float | None) -> list:
+        """Everything in the outbox, waiting up to `timeout` (None: forever) for the first item."""
+        try:
+            items = [self._outbox.get(timeout=timeout) if timeout != 0 else self._outbox.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self._outbox.get_nowait())
+            except queue.Empty:
+                return items
 
     def _deliver(self, key: str, outputs: list[EngineOutput]) -> None:
         with self._lock:
@@ -174,8 +200,3 @@ class GenerationService:
             log.exception("stream %s is gone", key)
 
 
-def _by_stream(batch: list[EngineOutput]) -> dict[str, list[EngineOutput]]:
-    grouped: dict[str, list[EngineOutput]] = {}
-    for out in batch:
-        grouped.setdefault(out.request_id, []).append(out)
-    return grouped

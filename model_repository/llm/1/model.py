@@ -40,7 +40,8 @@ class TritonPythonModel:
         self.config = load_config(params["checkpoint_dir"])
         settings = EngineSettings.from_parameters(params)
         self.service = GenerationService(lambda on_output: build_engine(settings, self.config, on_output),
-                                         TokenBytes.from_tokenizer(load_tokenizer(self.config)), self._send)
+                                         TokenBytes.from_tokenizer(load_tokenizer(self.config)), self._send,
+                                         stream_interval_s=settings.stream_interval_ms / 1000)
         self.metrics = _EngineMetrics(self.service) if hasattr(pb_utils, "MetricFamily") else None
 
     def execute(self, requests):
