@@ -59,7 +59,7 @@ def _add_service_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/v1/health/ready")
     async def ready(request: Request):
-        if await request.app.state.ensemble.ready():
+        if not request.app.state.admission.draining and await request.app.state.ensemble.ready():
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503)
 

@@ -25,6 +25,8 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # NANOVL_MAX_BODY_BYTES: a larger request body is a 413
     api_key: str = ""                            # NANOVL_API_KEY: if set, `Authorization: Bearer <key>` needed
     cors_origins: tuple[str, ...] = ()           # NANOVL_CORS_ORIGINS: comma-separated, `*` for any
+    # On SIGTERM: new requests get a 503, running ones may finish for up to this long, then the server exits.
+    drain_timeout_s: float = 30.0                # NANOVL_DRAIN_TIMEOUT_S
     random_weights: bool = False                 # set when the checkpoint is the tiny test one
 
     @classmethod

@@ -36,6 +36,8 @@ def _pytriton_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+# The frontend's drain deadline (frontend/settings.py reads the same variable); the launcher waits that long.
+DRAIN_TIMEOUT_S = float(os.environ.get("NANOVL_DRAIN_TIMEOUT_S", "30"))
 TRITONSERVER_ENV = "NANOVL_TRITONSERVER_DIR"   # a full install, e.g. /opt/tritonserver in NVIDIA's container
 
 
@@ -169,12 +171,12 @@ class Stack:
     def stop(self) -> None:
         if self.supervisor:
             self.supervisor.stop()
+        # One at a time, the frontend first: it drains its running streams while tritonserver still serves them.
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in reversed(self.processes):
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=DRAIN_TIMEOUT_S + 15 if process is not self.triton else 20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
