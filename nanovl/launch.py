@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -140,6 +141,7 @@ class Stack:
         return self
 
     def start_triton(self, *, deadline_s: float = 120) -> None:
+        remove_orphan_shm()   # what an earlier crash left behind
         dist = prepare_server(self.workdir)
         env = server_env({CHECKPOINT_ENV: str(self.checkpoint)})
         self.triton = subprocess.Popen(server_command(dist, self.repository, grpc_port=self.grpc_port,
@@ -156,6 +158,7 @@ class Stack:
         log.error("tritonserver exited with %s: restarting it", self.triton.returncode)
         self.processes.remove(self.triton)
         _kill_group(self.triton)
+        log.info("removed %d shared-memory regions the dead server left", remove_orphan_shm())
         self.start_triton()
         return True
 
@@ -182,6 +185,31 @@ class Stack:
                 process.wait()
             _kill_group(process)
         self.processes.clear()
+        remove_orphan_shm()
+
+
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def remove_orphan_shm() -> int:
+    """Deletes the Python backend's shared-memory regions that no live process maps: what a SIGKILLed
+    tritonserver or stub leaves in /dev/shm (each region is RAM). -> how many were removed."""
+    shm = Path("/dev/shm")
+    regions = {path.name for path in shm.glob(SHM_PREFIX + "*")}
+    if not regions:
+        return 0
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        if SHM_PREFIX in text:
+            mapped.update(re.findall(re.escape(SHM_PREFIX) + r"[\w-]+", text))
+    orphans = regions - mapped
+    for name in orphans:
+        (shm / name).unlink(missing_ok=True)
+    return len(orphans)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
