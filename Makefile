@@ -14,7 +14,7 @@ TP ?= 1
 # The venv's Python where there is one; the container's python3 inside the GPU image.
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve
+.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve soak faults
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' con
 
 bench-serve: $(TINY)/config.json ## Streamed tok/s + TTFT at 1/16/64 clients: frontend+Triton vs engine in-process vs transformers serve
 	$(BIN)/python bench/serve.py --checkpoint $(TINY)
+
+soak: $(TINY)/config.json ## 5 rounds of 64 concurrent streams (text + images): zero errors, memory flat after round 1
+	$(BIN)/python bench/soak.py --checkpoint $(TINY)
+
+faults: $(STAMP) ## The fault tests alone: stage stubs and tritonserver killed, streams on a dead llm
+	$(BIN)/python -m pytest -q tests/integration/test_faults.py
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
 	$(BIN)/python bench/preprocess.py

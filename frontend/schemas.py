@@ -5,7 +5,7 @@ import json
 import logging
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nanovl.errors import ClientError
 
@@ -21,6 +21,16 @@ class StreamOptions(BaseModel):
 
 
 INT32_MAX = 2 ** 31 - 1   # the ensemble's integer inputs are INT32
+
+
+def refuse_lone_surrogates(value, field: str):
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"); it has no UTF-8 form, so it cannot reach Triton (or
+    even be echoed in an error): a 400 naming the field. Messages are checked where they are parsed."""
+    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+        if isinstance(value, list) else []
+    if any(0xD800 <= ord(c) <= 0xDFFF for text in texts for c in text):
+        raise ClientError(f"{field} contains a lone UTF-16 surrogate, which is not text", param=field)
+    return value
 
 
 class SamplingRequest(BaseModel):
@@ -45,6 +55,11 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @field_validator("model", "stop", "user", mode="after")
+    @classmethod
+    def _text(cls, value, info):
+        return refuse_lone_surrogates(value, info.field_name)
 
     @model_validator(mode="after")
     def _refuse_unsupported(self):
@@ -119,6 +134,7 @@ class CompletionRequest(SamplingRequest):
         if isinstance(self.prompt, list) and not (len(self.prompt) == 1 and isinstance(self.prompt[0], str)):
             raise ClientError("prompt must be a string (or a list of one string); token-id prompts and batches "
                               "are not supported", param="prompt")
+        refuse_lone_surrogates(self.prompt, "prompt")
         return self
 
     def top_logprobs_wanted(self) -> int | None:

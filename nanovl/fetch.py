@@ -79,7 +79,10 @@ async def resolve_checked(host: str, port: int, *, index: int, settings: FetchSe
 
 
 def _check_url(url: str, *, index: int, settings: FetchSettings):
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:   # e.g. an unclosed IPv6 bracket
+        raise _refuse(index, "the URL cannot be parsed", "invalid_image_url") from None
     if parts.scheme not in ("http", "https"):
         raise _refuse(index, f"URL scheme {parts.scheme!r} is not accepted: use https, http or a base64 data URL",
                       "invalid_image_url")
@@ -99,7 +102,10 @@ async def _get_pinned(client: httpx.AsyncClient, url: str, *, index: int, settin
     """Open a streamed GET to the checked address of `url`; the caller closes the response."""
     parts, port = _check_url(url, index=index, settings=settings)
     address = await resolve_checked(parts.hostname, port, index=index, settings=settings)
-    target = httpx.URL(url).copy_with(host=address)
+    try:
+        target = httpx.URL(url).copy_with(host=address)
+    except (ValueError, httpx.InvalidURL):   # a lone surrogate or a character httpx will not send
+        raise _refuse(index, "the URL cannot be parsed", "invalid_image_url") from None
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
     request = client.build_request("GET", target, headers={"Host": parts.netloc.rpartition("@")[2]},
                                    extensions=extensions)

@@ -79,6 +79,16 @@ def _place_images(i: int, text: str, count: int) -> str:
     return text.replace(IMAGE_CONTEXT_TOKEN, _IMAGE_SENTINEL)
 
 
+def _check_unicode(i: int, *texts: str) -> None:
+    """JSON can carry lone surrogates (\\ud800), on which the tokenizer and UTF-8 encoders raise: refused here."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ClientError(f"messages[{i}]: content is not valid Unicode (a lone surrogate)",
+                              param="messages") from None
+
+
 def parse_messages(messages: object) -> Chat:
     """Validate OpenAI chat messages (string content, text / image_url parts, `<img src>` tags) into a Chat."""
     if not isinstance(messages, list) or not messages:
@@ -93,6 +103,7 @@ def parse_messages(messages: object) -> Chat:
                                                   for p in content)):
             raise ClientError(f"messages[{i}]: content contains a reserved character", param="messages")
         text, message_urls = _content_text(i, message["role"], content)
+        _check_unicode(i, text, *message_urls)
         out.append({"role": message["role"], "content": _place_images(i, text, len(message_urls))})
         urls.extend(message_urls)
     return Chat(out, urls)
