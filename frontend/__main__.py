@@ -38,8 +38,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = uvicorn.Config(create_app(), host=args.host, port=args.port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=5)   # our middleware logs one line per request
+    app = create_app()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=5,   # our middleware logs one line per request
+                            limit_concurrency=app.state.settings.max_connections)
     DrainingServer(config).run()
 
 

@@ -27,6 +27,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()           # NANOVL_CORS_ORIGINS: comma-separated, `*` for any
     # On SIGTERM: new requests get a 503, running ones may finish for up to this long, then the server exits.
     drain_timeout_s: float = 30.0                # NANOVL_DRAIN_TIMEOUT_S
+    # Open connections (idle or stalled ones included) beyond which new ones get a 503 at once: a stalled
+    # connection costs ~5 KB and uvicorn has no header timeout, so their number is what bounds memory.
+    max_connections: int = 4096                  # NANOVL_MAX_CONNECTIONS
     random_weights: bool = False                 # set when the checkpoint is the tiny test one
 
     @classmethod

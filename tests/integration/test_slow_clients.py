@@ -123,3 +123,38 @@ def test_a_very_slow_reader_gets_its_whole_stream_while_others_are_served(stack,
     assert events[-1] == "[DONE]"
     finish = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1] if json.loads(e)["choices"]]
     assert finish[-1] == "length"
+
+
+def test_connections_past_the_limit_get_a_503_at_once(stack):
+    """Stalled connections cost memory for as long as they stay (uvicorn has no header timeout): their
+    number is capped (NANOVL_MAX_CONNECTIONS), and past it a new one is refused at once."""
+    import subprocess
+    import sys
+
+    from nanovl.launch import ROOT, free_port, server_env, wait_for_http
+
+    port = free_port()
+    frontend = subprocess.Popen([sys.executable, "-m", "frontend", "--port", str(port)], cwd=ROOT,
+                                env=server_env({"NANOVL_TRITON_URL": f"127.0.0.1:{stack.grpc_port}",
+                                                "NANOVL_MAX_CONNECTIONS": "8"}))
+    stalled = []
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/health/live", deadline_s=60, process=frontend)
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")   # never finishes its headers
+            stalled.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/health/live", timeout=10)
+        assert response.status_code == 503 and time.monotonic() - started < 2
+        for sock in stalled:
+            sock.close()
+        stalled.clear()
+        time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/health/live", timeout=10).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        frontend.terminate()
+        frontend.wait(timeout=30)
