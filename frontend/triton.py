@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from nanovl.client import TritonClient, TritonStreamError, bytes_tensor
+from nanovl.supervisor import probe, probe_inputs
 from nanovl.errors import ClientError, NanoVLError, ServerError, from_wire
 
 from .errors import HTTPError
@@ -90,10 +91,15 @@ class Ensemble:
         self.stall_check_s = stall_check_s
 
     async def ready(self) -> bool:
+        """Triton up, every model ready, and every stage answering a real request: tritonserver 2.51 keeps a
+        model READY after its stub died, so the flag alone would say yes while every request fails."""
         if not await self.client.server_ready():
             return False
         for stage in STAGES:
             if not await self.client.model_ready(stage):
+                return False
+        for stage, inputs in probe_inputs().items():
+            if await probe(self.client, stage, inputs, timeout=5) is not None:
                 return False
         return True
 

@@ -76,6 +76,19 @@ def live_stubs(server_pid: int) -> dict[str, int]:
     return live
 
 
+async def probe(client: TritonClient, stage: str, inputs, *, timeout: float = 10.0) -> str | None:
+    """None if the stage answered its probe request; else why not. A server that is down is not a stage
+    failure (the launcher restarts the server)."""
+    try:
+        async for _ in client.stream(stage, inputs, request_id=PROBE_REQUEST_ID, timeout=timeout):
+            pass
+    except TritonStreamError as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
+
+
 @dataclass
 class Supervisor:
     grpc_url: str
@@ -120,15 +133,7 @@ class Supervisor:
                 for stage, expected in self.instances.items() if live.get(stage, 0) < expected}
 
     async def probe(self, client: TritonClient, stage: str, inputs) -> str | None:
-        """None if the stage answered; else why not. A server that is down is not a stage failure."""
-        try:
-            async for _ in client.stream(stage, inputs, request_id=PROBE_REQUEST_ID, timeout=self.probe_timeout_s):
-                pass
-        except TritonStreamError as exc:
-            return str(exc)
-        except Exception:   # tritonserver unreachable (restarting): the launcher handles that
-            return None
-        return None
+        return await probe(client, stage, inputs, timeout=self.probe_timeout_s)
 
     def reload(self, stage: str) -> None:
         for action in ("unload", "load"):

@@ -41,16 +41,23 @@ def served_again_within(stack: Stack, seconds: float) -> float:
     raise AssertionError(f"not serving {seconds} s after the damage")
 
 
+def ready_status(stack: Stack) -> int:
+    return httpx.get(f"http://127.0.0.1:{stack.port}/v1/health/ready", timeout=10).status_code
+
+
 @pytest.mark.parametrize("stage", ["llm", "preprocessing"])
 def test_a_killed_stage_is_reloaded_and_serves_again(fragile, stage):
     assert chat(fragile).status_code == 200
     os.kill(stub_pid(fragile, stage), signal.SIGKILL)
+    if stage == "llm":   # one instance: readiness must say no until it is back (the model flag says READY)
+        assert ready_status(fragile) == 503
     deadline = time.monotonic() + 30   # measured 4-8 s (docs/reliability.md); slack for a loaded CI machine
     while stage not in [s for _, s in fragile.supervisor.reloads] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert stage in [s for _, s in fragile.supervisor.reloads]
     assert served_again_within(fragile, 10) < 10
     assert all(chat(fragile).status_code == 200 for _ in range(4))   # every instance serves
+    assert ready_status(fragile) == 200
 
 
 def test_a_killed_tritonserver_is_restarted(fragile):
