@@ -7,6 +7,7 @@ Used by `make serve` and by the integration tests. Ctrl-C (SIGINT) or SIGTERM st
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import logging
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .settings import CHECKPOINT_ENV
-from .supervisor import Supervisor, instance_counts
+from .client import TritonClient
+from .supervisor import Supervisor, instance_counts, warm_up
 from .triton_config import REPOSITORY
 
 log = logging.getLogger("nanovl.launch")
@@ -68,6 +70,10 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # The stub's embedded interpreter runs the first python3 on PATH: make it this environment's.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("PYTHONPATH", str(ROOT))
+    # glibc raises its mmap threshold after freeing a large block, so later tensors of a few MB land in the
+    # heap and fragment it: the server and the stubs grew round after round under load (docs/reliability.md).
+    # A fixed threshold keeps large tensors in mmap, handed back to the system when freed.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
     env.update(extra or {})
     return env
 
@@ -130,6 +136,7 @@ class Stack:
     def start(self, *, deadline_s: float = 120) -> "Stack":
         try:
             self.start_triton(deadline_s=deadline_s)
+            self.warm_up()
             self._start_frontend(deadline_s)
         except BaseException:
             self.stop()
@@ -150,6 +157,23 @@ class Stack:
         self.processes.insert(0, self.triton)
         wait_for_http(f"http://127.0.0.1:{self.http_port}/v2/health/ready", deadline_s=deadline_s,
                       process=self.triton)
+
+    def warm_up(self) -> None:
+        """The largest vision batch of the largest requests, once, before serving (see supervisor.warm_up)."""
+        from .triton_config import BATCHED, DEFAULT_PARAMETERS
+
+        started = time.monotonic()
+        requests = BATCHED["vision_encoder"][0]
+        images = int(DEFAULT_PARAMETERS["preprocessing"]["max_images"])
+
+        async def run() -> None:
+            client = TritonClient(f"127.0.0.1:{self.grpc_port}")
+            try:
+                await warm_up(client, requests=requests, images=images)
+            finally:
+                await client.close()
+        asyncio.run(run())
+        log.info("warm-up (%d requests x %d images) took %.1f s", requests, images, time.monotonic() - started)
 
     def restart_triton_if_dead(self) -> bool:
         """tritonserver exited on its own: clean up what it left and start it again (the frontend reconnects)."""

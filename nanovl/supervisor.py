@@ -76,6 +76,29 @@ def live_stubs(server_pid: int) -> dict[str, int]:
     return live
 
 
+async def warm_up(client: TritonClient, *, requests: int, images: int, side: int = 640) -> None:
+    """Sends the largest batch the stages take: `requests` concurrent requests of `images` images of the
+    most tiles each, one token each. The Python backend's shared-memory pools grow to the largest tensors
+    that passed and never shrink; growing them now means serving does not grow memory later."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side * 3 // 4), (127, 127, 127)).save(buffer, "PNG")   # 4:3 -> 12 tiles + thumbnail
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}] * images + [{"type": "text", "text": "warm-up"}]
+    inputs = {"messages": bytes_tensor(json.dumps([{"role": "user", "content": content}])),
+              "max_tokens": np.array([1], np.int32)}
+
+    async def one(i: int) -> None:
+        async for _ in client.stream("ensemble", inputs, request_id=f"nanovl-warm-up-{i}", timeout=120):
+            pass
+    # Twice the batch at once: while one batch is encoded the next waits in the server, as under load.
+    await asyncio.gather(*(one(i) for i in range(2 * requests)))
+
+
 async def probe(client: TritonClient, stage: str, inputs, *, timeout: float = 10.0) -> str | None:
     """None if the stage answered its probe request; else why not. A server that is down is not a stage
     failure (the launcher restarts the server)."""
