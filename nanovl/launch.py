@@ -173,7 +173,7 @@ class Stack:
             finally:
                 await client.close()
         asyncio.run(run())
-        log.info("warm-up (%d requests x %d images) took %.1f s", requests, images, time.monotonic() - started)
+        log.info("warm-up (%d requests x %d images) took %.1f s", 2 * requests, images, time.monotonic() - started)
 
     def restart_triton_if_dead(self) -> bool:
         """tritonserver exited on its own: clean up what it left and start it again (the frontend reconnects)."""
