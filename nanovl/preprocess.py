@@ -18,6 +18,7 @@ from .errors import ClientError
 from .fetch import Fetcher, FetchSettings
 from .images import ImageLimits, data_url_bytes, load_rgb, open_image
 from .prompt import Chat, build_input_ids, parse_messages
+from .settings import parameter_flag
 from .tiling import TilingSettings, num_tiles, tile_image
 
 # Lets a test or a local setup fetch from 127.0.0.1 without editing the model config.
@@ -34,17 +35,16 @@ class PreprocessSettings:
     @classmethod
     def from_parameters(cls, params: dict[str, str], environ=os.environ) -> "PreprocessSettings":
         """From the stage's config parameters (nanovl.triton_config names them and sets the defaults)."""
-        def flag(name: str) -> bool:
-            return params[name].strip().lower() in ("1", "true", "yes")
-
         max_bytes = int(params["max_image_bytes"])
         domains = tuple(d.strip().lower().lstrip(".") for d in params["image_url_domains"].split(",") if d.strip())
         return cls(
-            tiling=TilingSettings(max_tiles=int(params["max_tiles"]), upscale_2x=flag("image_upscale_2x")),
+            tiling=TilingSettings(max_tiles=int(params["max_tiles"]),
+                                  upscale_2x=parameter_flag(params, "image_upscale_2x")),
             max_images=int(params["max_images"]),
             limits=ImageLimits(max_bytes=max_bytes, max_pixels=int(params["max_image_pixels"])),
             fetch=FetchSettings(
-                allow_private=flag("allow_private_image_urls") or environ.get(ALLOW_PRIVATE_ENV, "") == "1",
+                allow_private=parameter_flag(params, "allow_private_image_urls")
+                or environ.get(ALLOW_PRIVATE_ENV, "") == "1",
                 allowed_domains=domains, max_bytes=max_bytes,
                 connect_timeout_s=float(params["image_fetch_connect_timeout_s"]),
                 read_timeout_s=float(params["image_fetch_read_timeout_s"]),

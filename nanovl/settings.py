@@ -9,6 +9,12 @@ from .errors import ServerError
 CHECKPOINT_ENV = "NANOVL_CHECKPOINT"
 
 
+def parameter_flag(params: dict[str, str], key: str, default: bool = False) -> bool:
+    """A boolean stage parameter: 1/true/yes/on (any case) is true; absent or empty is the default."""
+    value = params.get(key, "").strip().lower()
+    return default if value == "" else value in ("1", "true", "yes", "on")
+
+
 def model_parameters(args: dict) -> dict[str, str]:
     """`parameters` of the model config passed to initialize(); an empty checkpoint_dir reads $NANOVL_CHECKPOINT."""
     config = json.loads(args["model_config"])

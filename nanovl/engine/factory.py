@@ -6,6 +6,7 @@ from typing import Callable
 
 from ..checkpoint import CheckpointConfig
 from ..errors import ServerError
+from ..settings import parameter_flag
 from .request import EngineOutput
 
 ENGINES = ("reference", "tensorrt_llm")
@@ -48,13 +49,8 @@ class EngineSettings:
                    engine_dir=params.get("engine_dir", cls.engine_dir),
                    kv_cache_free_gpu_memory_fraction=float(params.get("kv_cache_free_gpu_memory_fraction",
                                                                       cls.kv_cache_free_gpu_memory_fraction)),
-                   enable_chunked_context=_flag(params, "enable_chunked_context", cls.enable_chunked_context),
-                   enable_kv_cache_reuse=_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse))
-
-
-def _flag(params: dict[str, str], key: str, default: bool) -> bool:
-    value = params.get(key, "")
-    return default if value == "" else value.strip().lower() in ("1", "true", "yes", "on")
+                   enable_chunked_context=parameter_flag(params, "enable_chunked_context", cls.enable_chunked_context),
+                   enable_kv_cache_reuse=parameter_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse))
 
 
 def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
