@@ -100,11 +100,14 @@ class ReferenceEngine:
             return
         logits = self.runner.forward(step)    # [n_seqs, vocab], prefills first
         forward_done = time.perf_counter()
-        # One argmax for every plain greedy row instead of one per sequence.
+        # One argmax for every plain greedy row instead of one per sequence; the rows that sample go to the
+        # host in one copy, where their generators live (a seed then gives the same draws on any device).
         best = logits.argmax(dim=-1).tolist()
-        for seq, row, top in zip(step.sequences, logits, best):
+        sampled = [i for i, seq in enumerate(step.sequences) if not self._plain_greedy(seq)]
+        host = dict(zip(sampled, logits[sampled].cpu())) if sampled else {}
+        for i, (seq, top) in enumerate(zip(step.sequences, best)):
             seq.cached = seq.length
-            self._append(seq, row, top)
+            self._append(seq, host.get(i), top)
         for seq in step.sequences:
             if seq.finish_reason is None and seq.pending:
                 self._report(seq)
@@ -115,14 +118,25 @@ class ReferenceEngine:
         self.stats.forward_s += forward_done - started
         self.stats.step_s += time.perf_counter() - started
 
-    def _append(self, seq: Sequence, raw, argmax: int) -> None:
+    @staticmethod
+    def _holds_back_stops(seq: Sequence) -> bool:
         params = seq.request.sampling
-        masked = len(seq.output_ids) < params.min_tokens and params.stop_token_ids
-        if params.greedy and not params.penalized and not masked:
+        return bool(params.stop_token_ids) and len(seq.output_ids) < params.min_tokens
+
+    def _plain_greedy(self, seq: Sequence) -> bool:
+        """The argmax is the token and no logits are needed: greedy, no penalties, no stop ids held back by
+        min_tokens, no logprobs."""
+        params = seq.request.sampling
+        return params.greedy and not params.penalized and params.logprobs is None and not self._holds_back_stops(seq)
+
+    def _append(self, seq: Sequence, raw, argmax: int) -> None:
+        """raw: the sequence's float [vocab] logits on the host, or None for a plain greedy one."""
+        params = seq.request.sampling
+        if raw is None:
             token = argmax
         else:
             logits = apply_penalties(raw, params, seq.request.prompt_ids, seq.output_ids) if params.penalized else raw
-            if masked:
+            if self._holds_back_stops(seq):
                 logits = logits.clone()
                 logits[list(params.stop_token_ids)] = float("-inf")
             token = choose(logits, params, self._generators[seq.key])

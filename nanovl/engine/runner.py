@@ -68,12 +68,14 @@ class ModelRunner:
     def _inputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor, _Plan]:
         """-> (hidden [T, hidden], positions [T], plan)."""
         ids, positions, slots, spans, contexts = [], [], [], [], []
-        images = []   # (token index, prompt table, row)
+        images = []   # per prompt with images: (token indices in the step, its prompt table, table rows)
         vocab = self.config.vocab_size
         for seq in step.prefills:
             prompt = seq.request.prompt_ids
             tokens = [int(t) for t in prompt[seq.cached:]] + seq.output_ids[max(0, seq.cached - len(prompt)):]
-            images += [(len(ids) + i, seq.request.prompt_table, t - vocab) for i, t in enumerate(tokens) if t >= vocab]
+            at = [i for i, t in enumerate(tokens) if t >= vocab]
+            if at:
+                images.append(([len(ids) + i for i in at], seq.request.prompt_table, [tokens[i] - vocab for i in at]))
             context = self._context_slots(seq, seq.length)
             spans.append((len(ids), len(ids) + len(tokens)))
             contexts.append(context)
@@ -90,10 +92,11 @@ class ModelRunner:
             slots.append(decode_index[torch.arange(len(lengths)), torch.tensor(lengths) - 1])
         ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
         hidden = self.model.model.embed_tokens(ids_t.clamp(max=vocab - 1))
-        for index, table, row in images:   # image positions take their row of the prompt embedding table
-            if table is None or row >= len(table):
+        for index, table, rows in images:   # image positions take their rows of the prompt embedding table
+            if table is None or max(rows) >= len(table):
                 raise ValueError("prompt ids reference image rows the prompt table does not have")
-            hidden[index] = torch.as_tensor(table[row], dtype=hidden.dtype, device=self.device)
+            # One host-to-device copy per prompt: a row at a time was 3,328 copies for one 13-tile image.
+            hidden[torch.tensor(index, device=self.device)] = torch.as_tensor(table[rows]).to(self.device, hidden.dtype)
         last = [end - 1 for _, end in spans] + list(range(decode_start, len(ids)))
         plan = _Plan(torch.cat(slots), spans, contexts, decode_start, decode_index, decode_valid,
                      torch.tensor(last, device=self.device))
