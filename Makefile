@@ -14,7 +14,7 @@ TP ?= 1
 # The venv's Python where there is one; the container's python3 inside the GPU image.
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve soak faults
+.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu soak faults
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ soak: $(TINY)/config.json ## 5 rounds of 64 concurrent streams (text + images): 
 
 faults: $(STAMP) ## The fault tests alone: stage stubs and tritonserver killed, streams on a dead llm
 	$(BIN)/python -m pytest -q tests/integration/test_faults.py
+
+bench-gpu: ## On a GPU: vision tiles/s, prefill and decode tok/s at the real size (random weights) vs the device's peaks
+	$(ENGINE_PY) bench/gpu.py --device $(if $(DEVICE),$(DEVICE),cuda)
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
 	$(BIN)/python bench/preprocess.py

@@ -158,29 +158,43 @@ def llm_weights(config: dict, seed: int, tokenizer_size: int) -> dict:
     return {f"language_model.{k}": v.contiguous() for k, v in state.items()}
 
 
-def write(out: Path, seed: int = 0) -> Path:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(seed)
-    save_tokenizer(tokenizer, out)
-    vocab = -(-tokenizer.get_vocab_size() // 64) * 64   # padded like Megatron pads the real vocabulary
-    llm = llm_config(vocab, tokenizer)
-    vis = vision_config()
-    config = {
+def model_config(llm: dict, vision: dict, *, vit_hidden_size: int, projector_hidden_size: int,
+                 torch_dtype: str) -> dict:
+    """The top-level config.json of the real checkpoint around an LLM and a vision config."""
+    return {
         "architectures": ["Llama_Nemotron_Nano_VL"], "model_type": "Llama_Nemotron_Nano_VL",
         "auto_map": {"AutoConfig": "configuration.Llama_Nemotron_Nano_VL_Config",
                      "AutoModel": "modeling.Llama_Nemotron_Nano_VL",
                      "AutoModelForCausalLM": "modeling.Llama_Nemotron_Nano_VL"},
         "downsample_ratio": 0.5, "force_image_size": 512, "patch_size": 16, "ps_version": "v2",
-        "image_tag_type": "internvl", "template": "llama-3.1-nemotron-nano-vl", "vit_hidden_size": 32,
-        "projector_hidden_size": 64, "torch_dtype": "float32", "llm_config": llm, "vision_config": vis,
-        "nanovl_tiny_random_weights": True,
+        "image_tag_type": "internvl", "template": "llama-3.1-nemotron-nano-vl", "vit_hidden_size": vit_hidden_size,
+        "projector_hidden_size": projector_hidden_size, "torch_dtype": torch_dtype, "llm_config": llm,
+        "vision_config": vision, "nanovl_tiny_random_weights": True,
     }
+
+
+def write_metadata(out: Path, tokenizer, config: dict) -> None:
+    """config.json, generation_config.json and the tokenizer files."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, out)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    llm = config["llm_config"]
     generation = {"bos_token_id": llm["bos_token_id"], "eos_token_id": llm["eos_token_id"],
                   "do_sample": False, "transformers_version": "5.0.0"}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def padded_vocab(tokenizer) -> int:
+    return -(-tokenizer.get_vocab_size() // 64) * 64   # padded like Megatron pads the real vocabulary
+
+
+def write(out: Path, seed: int = 0) -> Path:
+    from safetensors.torch import save_file
+
+    tokenizer = train_tokenizer(seed)
+    llm = llm_config(padded_vocab(tokenizer), tokenizer)
+    write_metadata(out, tokenizer, model_config(llm, vision_config(), vit_hidden_size=32, projector_hidden_size=64,
+                                                torch_dtype="float32"))
     gen = torch.Generator().manual_seed(seed)
     weights = llm_weights(llm, seed, tokenizer.get_vocab_size())
     weights.update(vision_weights(gen, width=32, depth=2, mlp=128, prefix_tokens=8))

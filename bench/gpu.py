@@ -1,0 +1,376 @@
+"""make bench-gpu: the GPU-capable parts at the real model's size with random weights, against the hardware.
+
+    python bench/gpu.py [--geometry real|small] [--device cuda] [--workdir DIR] [--json FILE] [--parts ...]
+
+Writes a random-weight checkpoint of the real format at the real geometry (Llama-3.1-8B + C-RADIOv2-H +
+mlp1, bf16, ~17 GB on disk), loads it through the same loaders the stages use, and measures in one run:
+  peak       what this device does: a large bf16 matmul (TFLOP/s) and a device copy (GB/s)
+  vision     tiles/s of the vision encoder (RADIO -> pixel shuffle -> mlp1) at 1, 13 and 52 tiles a batch,
+             as TFLOP/s against the measured matmul peak
+  prefill    prompt tokens/s of the reference engine, as TFLOP/s against the same peak
+  decode     generated tokens/s of the reference engine at several concurrencies, as the bytes a step must
+             read (weights + KV cache) against the measured copy bandwidth, and side by side with
+             transformers' generate on the same weights
+Every part runs on its own: one that fails prints its error and the others still run. `--geometry small`
+runs the same code at toy sizes (the test suite does, on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "build")]
+
+import tiny_checkpoint  # noqa: E402
+from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
+from nanovl.engine.engine import ReferenceEngine  # noqa: E402
+from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
+from nanovl.engine.runner import ModelRunner  # noqa: E402
+from nanovl.vision import load_vision  # noqa: E402
+
+PARTS = ("peak", "vision", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    llm: dict                    # LlamaConfig sizes
+    vocab_size: int
+    vit: tuple[int, int, int, int]   # width, depth, heads, mlp
+    vit_name: str                # timm name in vision_config.args.model ("" = spell the geometry out)
+    projector_hidden_size: int
+    # Run sizes: (prompt tokens, prompts) for prefill; decode concurrencies, prompt and output tokens;
+    # tile batches; matmul side and copy bytes for the peaks.
+    prefill: tuple[int, int] = (2048, 8)
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    decode_prompt: int = 128
+    decode_tokens: int = 128
+    tile_batches: tuple[int, ...] = (1, 13, 52)
+    matmul: int = 8192
+    copy_bytes: int = 4 << 30
+    repeats: dict = field(default_factory=lambda: {"matmul": 10, "copy": 10, "vision": 5})
+
+
+# Llama-3.1-8B-Instruct and C-RADIOv2-H (../shared/MODEL-FACTS.md 1.2, 2); 128256 + 9 multimodal tokens,
+# padded to a multiple of 64 as the tiny checkpoint pads (the real padding is not known).
+REAL = Geometry(llm=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128),
+                vocab_size=128320, vit=(1280, 32, 16, 5120), vit_name="vit_huge_patch16_224",
+                projector_hidden_size=4096)
+SMALL = Geometry(llm=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=32),
+                 vocab_size=1344, vit=(64, 2, 2, 256), vit_name="", projector_hidden_size=128,
+                 prefill=(64, 2), concurrency=(1, 4), decode_prompt=16, decode_tokens=8, tile_batches=(1, 3),
+                 matmul=512, copy_bytes=16 << 20, repeats={"matmul": 2, "copy": 2, "vision": 1})
+GEOMETRIES = {"real": REAL, "small": SMALL}
+
+
+def write_config(out: Path, geometry: Geometry) -> CheckpointConfig:
+    """config.json, generation_config.json and tokenizer files of the real format at `geometry`."""
+    tokenizer = tiny_checkpoint.train_tokenizer(0)
+    llm = {**tiny_checkpoint.llm_config(geometry.vocab_size, tokenizer), **geometry.llm, "torch_dtype": "bfloat16"}
+    vision = tiny_checkpoint.vision_config()
+    width, depth, heads, mlp = geometry.vit
+    args = vision["args"]
+    args.update(embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp / width, dtype="bfloat16")
+    if geometry.vit_name:   # the real checkpoint names its timm ViT instead of spelling out its geometry
+        for key in ("embed_dim", "depth", "num_heads", "mlp_ratio"):
+            del args[key]
+        args["model"] = geometry.vit_name
+    tiny_checkpoint.write_metadata(out, tokenizer, tiny_checkpoint.model_config(
+        llm, vision, vit_hidden_size=width, projector_hidden_size=geometry.projector_hidden_size,
+        torch_dtype="bfloat16"))
+    return load_config(out)
+
+
+def write_weights(config: CheckpointConfig, device: torch.device) -> None:
+    """Random bf16 weights under the real names, the LLM in shards (one in host memory at a time). They are
+    drawn on `device`: drawing 8B numbers on a CPU takes minutes."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out, llm = config.path, config.llm_config
+    cfg = {k: v for k, v in llm.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in LlamaForCausalLM(LlamaConfig(**cfg)).state_dict().items()}
+    gen = torch.Generator(device=device).manual_seed(0)
+    shards: dict[str, list[str]] = {}
+    for name in shapes:   # about 2 GB a shard at the real size
+        layer = name.split(".")[2] if name.startswith("model.layers.") else "-1"
+        shards.setdefault(f"llm-{(int(layer) + 1) // 4:02d}.safetensors", []).append(name)
+    weight_map = {}
+    for file, names in shards.items():
+        tensors = {}
+        for name in names:
+            if name.endswith("norm.weight"):
+                tensor = torch.ones(shapes[name], dtype=torch.bfloat16)
+            else:
+                tensor = (torch.randn(shapes[name], generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
+            tensors[f"language_model.{name}"] = tensor
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+        weight_map.update({key: file for key in tensors})
+    cpu, vit = torch.Generator().manual_seed(0), config.vision
+    rest = tiny_checkpoint.vision_weights(cpu, width=vit.hidden_size, depth=vit.num_layers, mlp=vit.mlp_dim,
+                                          prefix_tokens=vit.num_cls_tokens + vit.num_registers)
+    rest.update(tiny_checkpoint.projector_weights(cpu, merged=vit.hidden_size * 4, hidden=config.projector_hidden_size,
+                                                  out=config.llm_hidden_size))
+    rest = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in rest.items()}
+    save_file(rest, str(out / "vision.safetensors"), metadata={"format": "pt"})
+    weight_map.update({key: "vision.safetensors" for key in rest})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, fn, repeats: int) -> float:
+        """Mean seconds of fn() over `repeats` runs after one warm-up."""
+        fn()
+        self.sync()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        self.sync()
+        return (time.perf_counter() - started) / repeats
+
+
+def bench_peak(geometry: Geometry, device: torch.device, timer: Timer) -> dict:
+    n = geometry.matmul
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    matmul_s = timer.seconds(lambda: a @ b, geometry.repeats["matmul"])
+    src = torch.empty(geometry.copy_bytes // 2, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_s = timer.seconds(lambda: dst.copy_(src), geometry.repeats["copy"])
+    # A copy reads and writes every byte.
+    return {"matmul_tflops": 2 * n ** 3 / matmul_s / 1e12, "copy_gbps": 2 * geometry.copy_bytes / copy_s / 1e9}
+
+
+def vision_flops_per_tile(config: CheckpointConfig) -> float:
+    v = config.vision
+    side = config.image_size // config.patch_size
+    patches = side * side
+    seq = patches + v.num_cls_tokens + v.num_registers
+    d = v.hidden_size
+    per_layer = 2 * seq * (4 * d * d + 2 * d * v.mlp_dim) + 4 * seq * seq * d   # projections, MLP, QK^T and AV
+    merged = int(config.vit_hidden_size / config.downsample_ratio ** 2)
+    projector = 2 * config.tokens_per_tile * (merged * config.projector_hidden_size
+                                              + config.projector_hidden_size * config.llm_hidden_size)
+    return 2 * patches * 3 * config.patch_size ** 2 * d + v.num_layers * per_layer + projector
+
+
+def bench_vision(config: CheckpointConfig, geometry: Geometry, device: torch.device, timer: Timer,
+                 peak: dict) -> list[dict]:
+    encoder = load_vision(config, dtype="bfloat16", device=str(device))
+    flops = vision_flops_per_tile(config)
+    rows = []
+    for n in geometry.tile_batches:
+        tiles = torch.randint(0, 256, (n, config.image_size, config.image_size, 3), dtype=torch.uint8, device=device)
+        seconds = timer.seconds(lambda: encoder(tiles), geometry.repeats["vision"])
+        tflops = n * flops / seconds / 1e12
+        rows.append({"tiles": n, "tiles_per_s": n / seconds, "tflops": tflops,
+                     "of_peak": tflops / peak["matmul_tflops"] if peak else None})
+    del encoder
+    return rows
+
+
+# Sampling as chat clients send it, with every per-request setting that costs work on the host.
+SAMPLED = dict(temperature=0.8, top_p=0.95, top_k=50, seed=7, repetition_penalty=1.1, presence_penalty=0.5)
+
+
+def _run(engine: ReferenceEngine, outputs: queue.SimpleQueue, prompts: list[np.ndarray], tokens: int,
+         tables: list | None = None, sampling: dict | None = None):
+    """Submits every prompt at once -> (seconds until every request had its first token, seconds to the end)."""
+    # No stop tokens: random weights may pick an eos at any time, and every request must make `tokens`.
+    params = SamplingParams(max_tokens=tokens, **(sampling or {"temperature": 0.0}))
+    started = time.perf_counter()
+    for i, ids in enumerate(prompts):
+        engine.submit(GenerationRequest(f"r{i}", ids, params, tables[i] if tables else None))
+    first, finished, first_done = set(), 0, None
+    while finished < len(prompts):
+        out = outputs.get(timeout=600)
+        if out.error:
+            raise RuntimeError(f"engine error: {out.error}")
+        first.add(out.request_id)
+        if first_done is None and len(first) == len(prompts):
+            first_done = time.perf_counter() - started
+        finished += out.finished
+    return first_done, time.perf_counter() - started
+
+
+def _prompts(rng: np.random.Generator, n: int, length: int) -> list[np.ndarray]:
+    # Ordinary token ids below the specials: no image rows, no template needed for throughput.
+    return [rng.integers(0, 1000, length, dtype=np.int32) for _ in range(n)]
+
+
+def llm_params(runner: ModelRunner) -> tuple[int, int]:
+    """(parameters a token's forward multiplies with, parameter bytes a decode step reads)."""
+    model = runner.model
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.model.embed_tokens.weight.numel()   # a lookup: read a row per token, no matmul
+    return total - embedding, (total - embedding) * model.lm_head.weight.element_size()
+
+
+def bench_llm(config: CheckpointConfig, geometry: Geometry, device: torch.device, peak: dict,
+              parts: set[str]) -> dict:
+    prompt_len, prompts = geometry.prefill
+    kv_tokens = max(prompt_len * prompts, prompts * (13 * config.tokens_per_tile + 32),
+                    max(geometry.concurrency) * (geometry.decode_prompt + geometry.decode_tokens))
+    runner = ModelRunner(config, kv_cache_tokens=kv_tokens + 1024, dtype="bfloat16", device=str(device))
+    outputs: queue.SimpleQueue = queue.SimpleQueue()
+    engine = ReferenceEngine(runner, outputs.put, max_running=max(geometry.concurrency, default=1),
+                             max_step_tokens=8192).start()
+    rng = np.random.default_rng(0)
+    matmul_params, weight_bytes = llm_params(runner)
+    llm = runner.model.config
+    kv_bytes_per_token = 2 * llm.num_hidden_layers * runner.num_kv_heads * runner.head_dim * 2
+    result: dict = {"parameters_b": matmul_params / 1e9}
+    try:
+        _run(engine, outputs, _prompts(rng, 2, 16), 2)   # warm-up
+        if "prefill" in parts:
+            _, seconds = _run(engine, outputs, _prompts(rng, prompts, prompt_len), 1)
+            tokens = prompt_len * prompts
+            attention = 4 * llm.num_hidden_layers * prompts * prompt_len ** 2 / 2 * llm.num_attention_heads * runner.head_dim
+            tflops = (2 * matmul_params * tokens + attention) / seconds / 1e12
+            result["prefill"] = {"prompts": prompts, "prompt_tokens": prompt_len, "tokens_per_s": tokens / seconds,
+                                 "tflops": tflops, "of_peak": tflops / peak["matmul_tflops"] if peak else None}
+            result["image_prefill"] = _image_prefill(engine, outputs, config, rng, prompts)
+        if "decode" in parts:
+            result["decode"] = [_decode(engine, outputs, runner, geometry, rng, n, weight_bytes, kv_bytes_per_token,
+                                        peak) for n in geometry.concurrency]
+            n = max(geometry.concurrency)
+            first, total = _run(engine, outputs, _prompts(rng, n, geometry.decode_prompt), geometry.decode_tokens,
+                                sampling=SAMPLED)
+            result["decode_sampled"] = {"concurrency": n, "sampling": SAMPLED,
+                                        "tokens_per_s": n * (geometry.decode_tokens - 1) / (total - first)}
+    finally:
+        engine.shutdown()
+    return result
+
+
+def _image_prefill(engine, outputs, config: CheckpointConfig, rng: np.random.Generator, n: int) -> dict:
+    """n prompts of one 13-tile image each (the most an image takes): the prompt-table path, rows >= vocab."""
+    rows = 13 * config.tokens_per_tile
+    image = np.arange(config.vocab_size, config.vocab_size + rows, dtype=np.int32)
+    prompts = [np.concatenate([p[:8], image, p[8:]]) for p in _prompts(rng, n, 24)]
+    tables = [rng.standard_normal((rows, config.llm_hidden_size), dtype=np.float32) for _ in range(n)]
+    _, seconds = _run(engine, outputs, prompts, 1, tables)
+    return {"prompts": n, "prompt_tokens": len(prompts[0]), "tokens_per_s": n * len(prompts[0]) / seconds}
+
+
+def _decode(engine, outputs, runner, geometry, rng, n, weight_bytes, kv_bytes_per_token, peak) -> dict:
+    prompts = _prompts(rng, n, geometry.decode_prompt)
+    tokens = geometry.decode_tokens
+    first, total = _run(engine, outputs, prompts, tokens)
+    ours = n * (tokens - 1) / (total - first)   # the decode phase: after every request had its first token
+    # A step reads every weight once and each sequence's KV cache (mean context over the run).
+    context = geometry.decode_prompt + tokens / 2
+    step_bytes = weight_bytes + n * context * kv_bytes_per_token
+    limit = n * peak["copy_gbps"] * 1e9 / step_bytes if peak else None
+    return {"concurrency": n, "tokens_per_s": ours, "step_ms": n / ours * 1e3,
+            "bandwidth_limit_tokens_per_s": limit, "of_limit": ours / limit if limit else None,
+            "transformers_tokens_per_s": _transformers_decode(runner, prompts, tokens)}
+
+
+def _transformers_decode(runner: ModelRunner, prompts: list[np.ndarray], tokens: int) -> float:
+    """transformers' generate on the same weights, the same prompts as one padded batch, decode phase only."""
+    ids = torch.tensor(np.stack(prompts), dtype=torch.long, device=runner.device)
+    kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(ids))
+
+    def generate(n):
+        started = time.perf_counter()
+        runner.model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)
+        return time.perf_counter() - started
+
+    generate(2)   # warm-up
+    prefill = generate(1)
+    return len(prompts) * (tokens - 1) / max(generate(tokens) - prefill, 1e-9)
+
+
+def report(results: dict) -> str:
+    lines = [f"device: {results['device']}, geometry {results['geometry']}"]
+    if peak := results.get("peak"):
+        lines.append(f"peak: bf16 matmul {peak['matmul_tflops']:.3g} TFLOP/s, device copy {peak['copy_gbps']:.3g} GB/s")
+    for row in results.get("vision", []):
+        lines.append(f"vision: {row['tiles']:>3} tiles/batch {row['tiles_per_s']:>9.1f} tiles/s "
+                     f"{row['tflops']:>7.3g} TFLOP/s" + (f" = {row['of_peak']:.0%} of peak" if row["of_peak"] else ""))
+    llm = results.get("llm", {})
+    if pre := llm.get("prefill"):
+        lines.append(f"prefill: {pre['prompts']} x {pre['prompt_tokens']} tokens {pre['tokens_per_s']:>9.0f} tok/s "
+                     f"{pre['tflops']:.3g} TFLOP/s" + (f" = {pre['of_peak']:.0%} of peak" if pre["of_peak"] else ""))
+    if image := llm.get("image_prefill"):
+        lines.append(f"image prefill: {image['prompts']} x {image['prompt_tokens']} tokens (13 tiles each) "
+                     f"{image['tokens_per_s']:>9.0f} tok/s")
+    for row in llm.get("decode", []):
+        limit = f" = {row['of_limit']:.0%} of the bandwidth limit" if row["of_limit"] else ""
+        lines.append(f"decode: {row['concurrency']:>3} clients {row['tokens_per_s']:>8.0f} tok/s "
+                     f"({row['step_ms']:.1f} ms/step){limit}; transformers generate "
+                     f"{row['transformers_tokens_per_s']:.0f} tok/s, ours "
+                     f"{row['tokens_per_s'] / row['transformers_tokens_per_s']:.2f}x")
+    if sampled := llm.get("decode_sampled"):
+        lines.append(f"decode, sampled ({', '.join(f'{k}={v}' for k, v in sampled['sampling'].items())}): "
+                     f"{sampled['concurrency']} clients {sampled['tokens_per_s']:.0f} tok/s")
+    for part, error in results.get("errors", {}).items():
+        lines.append(f"{part}: FAILED: {error.strip().splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--geometry", choices=GEOMETRIES, default="real")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/nanovl-bench-gpu"),
+                        help="where the random checkpoint goes (reused when present)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    args = parser.parse_args(argv)
+    geometry, device, parts = GEOMETRIES[args.geometry], torch.device(args.device), set(args.parts)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x {torch.get_num_threads()} threads"
+    results: dict = {"device": name, "geometry": args.geometry, "torch": torch.__version__, "errors": {}}
+    checkpoint = args.workdir / args.geometry
+    started = time.perf_counter()
+    if (checkpoint / "model.safetensors.index.json").is_file():
+        config = load_config(checkpoint)
+    else:
+        config = write_config(checkpoint, geometry)
+        write_weights(config, device)
+    results["checkpoint_s"] = time.perf_counter() - started
+    timer = Timer(device)
+    steps = [("peak", lambda: bench_peak(geometry, device, timer)),
+             ("vision", lambda: bench_vision(config, geometry, device, timer, results.get("peak"))),
+             ("llm", lambda: bench_llm(config, geometry, device, results.get("peak"), parts))]
+    for part, run in steps:
+        if part not in parts and not (part == "llm" and parts & {"prefill", "decode"}):
+            continue
+        try:
+            results[part] = run()
+        except Exception:   # one broken part must not hide the figures of the others
+            results["errors"][part] = traceback.format_exc()
+            print(results["errors"][part], file=sys.stderr)
+        if device.type == "cuda":
+            results.setdefault("max_memory_gb", {})[part] = torch.cuda.max_memory_allocated(device) / 1e9
+            torch.cuda.empty_cache()
+    print(report(results), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
