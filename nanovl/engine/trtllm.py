@@ -6,7 +6,8 @@ cache and chunked context; one thread waits for its responses and turns them int
 
 API followed: `tensorrt_llm.bindings.executor` as bound in TensorRT-LLM's cpp/tensorrt_llm/pybind/executor
 (Request, SamplingConfig, OutputConfig, PromptTuningConfig, KvCacheConfig, ExecutorConfig, ParallelConfig),
-read on its main branch; the keyword names used here are those of 0.14 too, but no GPU has run this yet.
+read on its main branch and checked against the v0.14.0 tag (the container's version) and its Triton backend's
+model.py; no GPU has run this yet.
 tensorrt_llm is imported only when this engine is built, so the module imports on CPU; everything that does
 not need the Executor is a plain function here, unit-tested without TensorRT-LLM.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +41,9 @@ log = logging.getLogger(__name__)
 
 _POLL = timedelta(milliseconds=50)      # await_responses timeout: how quickly shutdown is noticed
 _STATS_EVERY_S = 0.5
-# TensorRT-LLM FinishReason names -> ours. NOT_FINISHED on a final response is read as a stop.
+# TensorRT-LLM FinishReason names -> ours. 0.14 has END_ID, STOP_WORDS and LENGTH only (CANCELLED and TIMED_OUT
+# came later): a request we cancelled is reported cancelled whatever reason its last response carries, and
+# NOT_FINISHED on a final response is told apart by its length.
 _FINISH = {"END_ID": "stop", "STOP_WORDS": "stop", "LENGTH": "length", "CANCELLED": "cancelled",
            "TIMED_OUT": "error"}
 
@@ -52,7 +56,7 @@ class TrtLlmOptions:
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_chunked_context: bool = True
     # Block reuse keys cached blocks by token ids; image rows all look alike (ids >= vocab_size), so each
-    # image-row token also carries a hash of its table (input_token_extra_ids) when reuse is on.
+    # image-row token also carries a hash of its table (input_token_extra_ids, in 0.14 already) when reuse is on.
     enable_kv_cache_reuse: bool = False
 
 
@@ -63,16 +67,22 @@ def unsupported(params: SamplingParams) -> str | None:
     return None
 
 
-def sampling_kwargs(params: SamplingParams) -> dict:
-    """SamplingParams -> keyword arguments of executor.SamplingConfig (None = the Executor's default)."""
+def sampling_kwargs(params: SamplingParams, *, random_seed: int | None = None) -> dict:
+    """SamplingParams -> keyword arguments of executor.SamplingConfig (None = the Executor's default).
+
+    random_seed: the seed of a sampled request that names none. The Executor's own default is seed 0 for
+    every request, so equal prompts would draw equal text (TensorRT-LLM issues #1000, #2411).
+    """
     greedy = params.greedy
     return {
         "beam_width": 1,
         # Greedy is top_k=1 for the Executor: it takes no temperature 0.
         "top_k": 1 if greedy else (params.top_k or None),
-        "top_p": None if greedy or params.top_p == 1.0 else params.top_p,
+        # Always sent when sampling: the Executor's defaults are top_k=0 and top_p=0, which its kernels read as
+        # top_k=1, so a request with neither set would decode greedily.
+        "top_p": None if greedy else params.top_p,
         "temperature": None if greedy else params.temperature,
-        "seed": params.seed,
+        "seed": params.seed if params.seed is not None or greedy else random_seed,
         "min_tokens": params.min_tokens or None,
         "repetition_penalty": None if params.repetition_penalty == 1.0 else params.repetition_penalty,
         "presence_penalty": params.presence_penalty or None,
@@ -138,6 +148,7 @@ class _Live:
     prompt_len: int
     params: SamplingParams
     completed: int = 0
+    cancelled: bool = False       # cancel() was called: its final response is "cancelled" whatever it says
 
 
 def engine_output(live: _Live, tokens: list[int], *, final: bool, reason_name: str | None,
@@ -148,7 +159,9 @@ def engine_output(live: _Live, tokens: list[int], *, final: bool, reason_name: s
     or may not return the end id itself; either way it is counted once.
     """
     reason = None
-    if final:
+    if final and live.cancelled:
+        reason = "cancelled"
+    elif final:
         # No finish reason (older bindings, NOT_FINISHED): tell length from stop by the count.
         fallback = "length" if live.completed + len(tokens) >= live.params.max_tokens else "stop"
         reason = _FINISH.get(reason_name or "", fallback)
@@ -251,16 +264,18 @@ class TrtLlmEngine:
         table = prompt_table(ids, request.prompt_table, self.config.vocab_size)
         tuning = None
         if table is not None:
-            tuning_args = [self._device_table(table)]
-            if self.options.enable_kv_cache_reuse:   # input_token_extra_ids: TensorRT-LLM >= 0.15
+            tuning_args = [self._table_tensor(table)]
+            if self.options.enable_kv_cache_reuse:
                 tuning_args.append(table_extra_ids(ids, table, self.config.vocab_size))
             tuning = tle.PromptTuningConfig(*tuning_args)
-        return tle.Request(ids.tolist(), sampling_config=tle.SamplingConfig(**sampling_kwargs(request.sampling)),
+        sampling = sampling_kwargs(request.sampling, random_seed=secrets.randbits(63))
+        return tle.Request(ids.tolist(), sampling_config=tle.SamplingConfig(**sampling),
                            output_config=output_config, prompt_tuning_config=tuning,
                            **{k: v for k, v in scalars.items() if v is not None})
 
-    def _device_table(self, table: np.ndarray):
-        """float32 [rows, hidden] -> a torch tensor in the engine's dtype, as the Executor's Tensor takes it."""
+    def _table_tensor(self, table: np.ndarray):
+        """float32 [rows, hidden] -> a host torch tensor in the engine's dtype (the dtype must match the engine's
+        weights); the Executor copies it to the GPU, as TensorRT-LLM's own Triton backend relies on."""
         import torch
 
         if self._table_dtype is None:
@@ -273,7 +288,10 @@ class TrtLlmEngine:
         with self._lock:
             key = self._by_key.get(request_id)
         if key is not None:
-            self.executor.cancel_request(key)   # its final response comes back with CANCELLED
+            with self._lock:
+                if key in self._live:
+                    self._live[key].cancelled = True
+            self.executor.cancel_request(key)   # a final response follows, with CANCELLED from 0.16 on
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -29,9 +29,17 @@ def test_every_sampling_setting_is_mapped():
         "repetition_penalty": 1.1, "presence_penalty": -0.25, "frequency_penalty": 0.5}
 
 
-def test_defaults_leave_the_executor_defaults():
-    kwargs = trtllm.sampling_kwargs(SamplingParams())
-    assert {k for k, v in kwargs.items() if v is not None} == {"beam_width", "temperature"}
+def test_plain_sampling_sends_top_p_so_the_executor_does_not_decode_greedily():
+    # The Executor's defaults (top_k=0, top_p=0) mean greedy in its kernels.
+    kwargs = trtllm.sampling_kwargs(SamplingParams(), random_seed=5)
+    assert {k for k, v in kwargs.items() if v is not None} == {"beam_width", "temperature", "top_p", "seed"}
+    assert kwargs["top_p"] == 1.0 and kwargs["temperature"] == 1.0
+
+
+def test_a_sampled_request_without_a_seed_gets_its_own():
+    assert trtllm.sampling_kwargs(SamplingParams(), random_seed=5)["seed"] == 5
+    assert trtllm.sampling_kwargs(SamplingParams(seed=3), random_seed=5)["seed"] == 3
+    assert trtllm.sampling_kwargs(SamplingParams(temperature=0.0), random_seed=5)["seed"] is None
 
 
 def test_stop_ids_become_end_id_and_stop_words():
@@ -86,6 +94,14 @@ def test_a_final_result_without_a_reason_is_told_apart_by_its_length():
     live = trtllm._Live("r1", prompt_len=3, params=SamplingParams(max_tokens=3, stop_token_ids=(EOT,)))
     assert trtllm.engine_output(live, [4, 5, 6], final=True, reason_name=None).finish_reason == "length"
     assert trtllm.engine_output(_live(), [4], final=True, reason_name="NOT_FINISHED").finish_reason == "stop"
+
+
+def test_a_cancelled_request_ends_cancelled_whatever_its_last_reason():
+    # TensorRT-LLM 0.14 has no CANCELLED reason: the final response of a cancelled request says LENGTH or nothing.
+    live = _live()
+    live.cancelled = True
+    assert trtllm.engine_output(live, [4], final=False, reason_name="NOT_FINISHED").finish_reason is None
+    assert trtllm.engine_output(live, [5], final=True, reason_name="LENGTH").finish_reason == "cancelled"
 
 
 @pytest.mark.parametrize("name, reason", [("LENGTH", "length"), ("CANCELLED", "cancelled"), ("TIMED_OUT", "error")])
