@@ -11,6 +11,7 @@ OUT ?= engines
 DTYPE ?= bfloat16
 MAX_BATCH ?= 8
 TP ?= 1
+VISION ?= tensorrt
 # The venv's Python where there is one; the container's python3 inside the GPU image.
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned to its CPU build; an unpinned torch pulls a CUDA build of several GB.
-	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test,bench]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test,bench,export]'
 	# The tritonserver 2.51 binary and Python backend; its own Python API (and its pins) are not used.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $@
@@ -44,8 +45,8 @@ test: $(STAMP) ## Run the whole test suite (unit + a real tritonserver and front
 configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
 	$(BIN)/python -m nanovl.triton_config model_repository
 
-engine: ## TensorRT-LLM engines + a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, MAX_BATCH, TP; DRY_RUN=1: plan only, no GPU)
-	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) $(if $(DRY_RUN),--dry-run)
+engine: ## TensorRT-LLM engines + a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
+	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
 
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
 	docker build -t nanovl-triton:latest .

@@ -1,7 +1,7 @@
 """`make engine`: a checkpoint of the real format -> TensorRT-LLM engine + a filled-in model repository.
 
     python build/engine.py --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8] [--max-batch 8]
-                           [--tp 1] [--max-num-tokens 8192] [--trtllm-examples DIR]
+                           [--tp 1] [--max-num-tokens 8192] [--vision tensorrt|pytorch] [--trtllm-examples DIR]
 
 Steps (each printed as the command it runs; --dry-run runs only the first, which needs no GPU):
   1. validate the checkpoint and write OUT/llama_hf: `language_model.*` as a plain Llama checkpoint
@@ -9,10 +9,16 @@ Steps (each printed as the command it runs; --dry-run runs only the first, which
   2. convert it with TensorRT-LLM's Llama tooling (convert_checkpoint.py; quantize.py for fp8)
   3. trtllm-build with what multimodal serving needs: a prompt-embedding table for max_batch x images x 13
      tiles x 256 rows, paged KV cache, paged context FMHA (chunked context), 16K context
-  4. write OUT/model_repository with engine=tensorrt_llm and the engine's paths and sizes
+  4. (--vision tensorrt, the default) export the vision encoder (RADIO + pixel shuffle + mlp1, uint8 tiles in) to
+     ONNX with a dynamic tile batch and check it against PyTorch with onnxruntime, then
+  5. build it as a TensorRT engine (bf16, 1..max tiles, tuned for one 13-tile image)
+  6. write OUT/model_repository with engine=tensorrt_llm, the vision engine, and the engines' paths and sizes
 
-The vision encoder stays in PyTorch (bf16 on the GPU): the vision_encoder stage runs nanovl.vision, and no
-TensorRT vision engine is built until a GPU measurement says it pays (README "GPU deployment").
+The vision encoder is a TensorRT engine by default because NVIDIA's TensorRT-LLM container pins a transformers
+older than the 5.x whose RadioModel the PyTorch encoder uses; the export runs in an environment of its own
+(--export-python, $NANOVL_EXPORT_PYTHON; the Dockerfile makes one). --vision pytorch keeps the PyTorch encoder
+(bf16, CUDA) where transformers 5 is installed. Whether TensorRT beats PyTorch here is not measured yet
+(`make bench-gpu` measures PyTorch against the device's peak).
 Flags checked against TensorRT-LLM's sources on its main branch (tensorrt_llm/commands/build.py,
 examples/models/core/llama/convert_checkpoint.py); the container ships 0.14, whose example scripts live one
 level up (examples/llama/), which _example() resolves. Not yet run on a GPU.
@@ -34,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
 from nanovl.errors import ServerError  # noqa: E402
-from nanovl.triton_config import DEFAULT_PARAMETERS  # noqa: E402
+from nanovl.triton_config import BATCHED, DEFAULT_PARAMETERS  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
@@ -44,6 +50,10 @@ DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples
 # 16K prompt to two chunks.
 DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
+VISION_ENGINES = ("tensorrt", "pytorch")
+# Tiles one TensorRT vision call takes: the stage's largest dynamic batch of requests, each with its most images
+# of the most tiles (thumbnail included); TensorRT tunes for one 13-tile image.
+OPT_VISION_TILES = 13
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,27 @@ def prompt_table_rows(config: CheckpointConfig, max_batch: int) -> int:
     return max_batch * int(limits["max_images"]) * tiles * config.tokens_per_tile
 
 
+def max_vision_tiles() -> int:
+    limits = DEFAULT_PARAMETERS["preprocessing"]
+    return BATCHED["vision_encoder"][0] * int(limits["max_images"]) * (int(limits["max_tiles"]) + 1)
+
+
+def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> tuple[list[Command], list[str]]:
+    """-> (commands that build the vision engine, the repository parameters that select it)."""
+    if args.vision == "pytorch":
+        return [], ["--param", "vision_engine=pytorch"]
+    vision_dir = args.out.resolve() / "engines" / "vision"
+    onnx_file, plan_file = vision_dir / "vision.onnx", vision_dir / "vision.plan"
+    common = ["-m", "nanovl.vision_export", "--checkpoint", str(config.path.resolve()), "--onnx", str(onnx_file),
+              "--max-tiles", str(max_vision_tiles())]
+    export_py = args.export_python or py
+    return [Command("export the vision encoder to ONNX (dynamic tile batch), check it against PyTorch",
+                    [export_py, *common, "--export", "--check"]),
+            Command("build the vision TensorRT engine (bf16)",
+                    [py, *common, "--opt-tiles", str(OPT_VISION_TILES), "--tensorrt", str(plan_file)])], \
+        ["--param", "vision_engine=tensorrt", "--param", f"vision_engine_path={plan_file}"]
+
+
 def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
     out, py = args.out.resolve(), sys.executable if args.python is None else args.python
     hf_dir, ckpt_dir, engine_dir = out / "llama_hf", out / "trtllm_checkpoint", out / "engines" / "llm"
@@ -145,6 +176,7 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         convert = Command("quantize the Llama checkpoint to FP8 (ModelOpt calibration; weights and KV cache)", [
             py, _example(examples, "quantization/quantize.py"), "--model_dir", str(hf_dir), "--dtype", "bfloat16",
             "--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", str(args.calib_size),
+            *(["--calib_dataset", args.calib_dataset] if args.calib_dataset else []),
             "--tp_size", tp, "--output_dir", str(ckpt_dir)])
     else:
         convert = Command("convert the Llama checkpoint to TensorRT-LLM's format", [
@@ -161,14 +193,15 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
              "--workers", tp]
     if args.dtype == "fp8":
         build += ["--use_fp8_context_fmha", "enable"]
-    repository = Command("write the model repository for the engine", [
+    vision, vision_params = vision_plan(config, args, py)
+    repository = Command("write the model repository for the engines", [
         py, "-m", "nanovl.triton_config", str(out / "model_repository"), "--checkpoint", str(config.path.resolve()),
         "--param", "engine=tensorrt_llm", "--param", f"engine_dir={engine_dir}", "--param", "device=cuda",
         "--param", "dtype=bfloat16", "--param", f"max_running={args.max_batch}",
         "--param", f"max_step_tokens={args.max_num_tokens}",
         "--param", f"kv_cache_free_gpu_memory_fraction={args.kv_cache_fraction}",
-        "--param", "enable_chunked_context=true"])
-    return [convert, Command("build the LLM engine", build), repository]
+        "--param", "enable_chunked_context=true", *vision_params])
+    return [convert, Command("build the LLM engine", build), *vision, repository]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -180,8 +213,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="sequences in flight per GPU")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS, help="tokens per step")
-    parser.add_argument("--kv-cache-fraction", type=float, default=0.9, help="free GPU memory for the KV cache")
+    # Of the GPU memory free when the Executor starts; what is left is the vision engine's (up to 208 tiles
+    # of ViT-H activations, a few GB) when Triton loads it after the llm.
+    parser.add_argument("--kv-cache-fraction", type=float, default=0.8, help="free GPU memory for the KV cache")
     parser.add_argument("--calib-size", type=int, default=512, help="fp8 calibration samples")
+    parser.add_argument("--calib-dataset", default=None,
+                        help="fp8: a local calibration dataset (default: quantize.py's, fetched from the Hub)")
+    parser.add_argument("--vision", choices=VISION_ENGINES, default="tensorrt", help="the vision encoder's engine")
+    parser.add_argument("--export-python", default=os.environ.get("NANOVL_EXPORT_PYTHON"),
+                        help="interpreter with transformers >= 5 for the vision export (default: --python)")
     parser.add_argument("--trtllm-examples", default=DEFAULT_EXAMPLES, help="TensorRT-LLM's examples folder")
     parser.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
     args = parser.parse_args(argv)
@@ -201,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_dir = args.out.resolve() / "llama_hf"
     print(f"# 1. split language_model.* into a Llama checkpoint: {hf_dir}")
     write_llama_checkpoint(config, hf_dir)
-    print("# vision encoder: kept in PyTorch (vision_encoder stage, device=cuda, bfloat16); no TensorRT engine")
+    if args.vision == "pytorch":
+        print("# vision encoder: kept in PyTorch (vision_encoder stage, device=cuda, bfloat16); no TensorRT engine")
     for number, command in enumerate(plan(config, args), 2):
         print(f"# {number}. {command.step}\n{command.shell()}", flush=True)
         if args.dry_run:

@@ -14,9 +14,17 @@ from pathlib import Path
 
 from .engine.factory import EngineSettings
 from .tensors import DECOUPLED, MODELS, Tensor
+from .vision_engines import VisionSettings
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer")
+
+
+def _as_parameters(settings) -> dict[str, str]:
+    """A settings dataclass's defaults as config.pbtxt string parameters (None -> empty)."""
+    return {k: "" if v is None else str(v) for k, v in asdict(settings).items()}
+
+
 # Per-stage settings that are choices, in one place. The detokenizer must stay at one instance: more would
 # reorder a stream's responses (tritonserver-cpu.md).
 DEFAULT_PARAMETERS = {
@@ -27,8 +35,8 @@ DEFAULT_PARAMETERS = {
                       "allow_private_image_urls": "false", "image_url_domains": "",
                       "image_fetch_connect_timeout_s": "5", "image_fetch_read_timeout_s": "10",
                       "image_fetch_timeout_s": "30", "image_fetch_max_redirects": "3"},
-    "vision_encoder": {"checkpoint_dir": "", "device": "cpu", "dtype": "", "torch_threads": "1"},
-    "llm": {"checkpoint_dir": "", **{k: "" if v is None else str(v) for k, v in asdict(EngineSettings()).items()}},
+    "vision_encoder": {"checkpoint_dir": "", **_as_parameters(VisionSettings())},
+    "llm": {"checkpoint_dir": "", **_as_parameters(EngineSettings())},
     "detokenizer": {"checkpoint_dir": ""},
 }
 INSTANCES = {"preprocessing": 2, "vision_encoder": 1, "llm": 1, "detokenizer": 1}

@@ -25,7 +25,14 @@ def dry_run(tiny_checkpoint, tmp_path_factory):
 
 def _plan(config, tmp_path, *extra):
     args = make_engine.parse_args(["--checkpoint", str(config.path), "--out", str(tmp_path), *extra])
-    return {c.argv[0] if c.argv[0] == "trtllm-build" else c.argv[1]: c.argv for c in make_engine.plan(config, args)}
+    return [c.argv for c in make_engine.plan(config, args)]
+
+
+def _step(steps, *needles):
+    """The one planned command whose argv holds every needle."""
+    found = [argv for argv in steps if all(any(n in a for a in argv) for n in needles)]
+    assert len(found) == 1, (needles, found)
+    return found[0]
 
 
 def _value(argv, flag):
@@ -50,35 +57,66 @@ def test_split_checkpoint_carries_the_tokenizer_and_generation_config(dry_run, t
 
 def test_build_plan_sizes_the_prompt_table_and_context(config, tmp_path):
     steps = _plan(config, tmp_path, "--max-batch", "4", "--tp", "2")
-    build = steps["trtllm-build"]
+    build = _step(steps, "trtllm-build")
     assert _value(build, "--max_prompt_embedding_table_size") == str(4 * 4 * 13 * 256)
     assert _value(build, "--max_seq_len") == "16384" and _value(build, "--max_input_len") == "16383"
     assert _value(build, "--kv_cache_type") == "paged" and _value(build, "--use_paged_context_fmha") == "enable"
     assert _value(build, "--max_batch_size") == "4" and _value(build, "--workers") == "2"
-    convert = next(argv for key, argv in steps.items() if key.endswith("convert_checkpoint.py"))
+    convert = _step(steps, "convert_checkpoint.py")
     assert _value(convert, "--tp_size") == "2" and _value(convert, "--dtype") == "bfloat16"
 
 
 def test_fp8_plan_quantizes_weights_and_kv_cache(config, tmp_path):
     steps = _plan(config, tmp_path, "--dtype", "fp8")
-    quantize = next(argv for key, argv in steps.items() if key.endswith("quantize.py"))
+    quantize = _step(steps, "quantize.py")
     assert _value(quantize, "--qformat") == "fp8" and _value(quantize, "--kv_cache_dtype") == "fp8"
-    assert _value(steps["trtllm-build"], "--use_fp8_context_fmha") == "enable"
+    assert _value(_step(steps, "trtllm-build"), "--use_fp8_context_fmha") == "enable"
+    assert "--calib_dataset" not in quantize
+    local = _step(_plan(config, tmp_path, "--dtype", "fp8", "--calib-dataset", "/data/calib"), "quantize.py")
+    assert _value(local, "--calib_dataset") == "/data/calib"
 
 
-def test_planned_repository_selects_the_engine(config, tmp_path):
-    argv = _plan(config, tmp_path)["-m"]
+def test_planned_repository_selects_the_engines(config, tmp_path):
+    argv = _step(_plan(config, tmp_path), "nanovl.triton_config")
     subprocess.run(argv, cwd=ROOT, check=True, timeout=60)
     text = (tmp_path / "model_repository" / "llm" / "config.pbtxt").read_text()
     assert 'key: "engine"\n  value: { string_value: "tensorrt_llm" }' in text
     assert f'string_value: "{tmp_path / "engines" / "llm"}"' in text
     assert (tmp_path / "model_repository" / "llm" / "1" / "model.py").is_file()
+    vision = (tmp_path / "model_repository" / "vision_encoder" / "config.pbtxt").read_text()
+    assert 'key: "vision_engine"\n  value: { string_value: "tensorrt" }' in vision
+    assert f'string_value: "{tmp_path / "engines" / "vision" / "vision.plan"}"' in vision
+
+
+def test_vision_plan_exports_checks_and_builds_for_the_largest_batch(config, tmp_path):
+    steps = _plan(config, tmp_path, "--export-python", "/opt/export/bin/python")
+    export = _step(steps, "nanovl.vision_export", "--export")
+    build = _step(steps, "nanovl.vision_export", "--tensorrt")
+    assert export[0] == "/opt/export/bin/python" and "--check" in export and build[0] == sys.executable
+    # 4 requests a batch x 4 images x (12 tiles + thumbnail)
+    assert _value(export, "--max-tiles") == _value(build, "--max-tiles") == str(4 * 4 * 13)
+    assert _value(build, "--onnx") == _value(export, "--onnx") == str(tmp_path / "engines" / "vision" / "vision.onnx")
+    assert steps.index(export) < steps.index(build) < steps.index(_step(steps, "nanovl.triton_config"))
+
+
+def test_vision_pytorch_builds_no_vision_engine(config, tmp_path):
+    steps = _plan(config, tmp_path, "--vision", "pytorch")
+    assert not [argv for argv in steps if "nanovl.vision_export" in argv]
+    assert "vision_engine=pytorch" in _step(steps, "nanovl.triton_config")
+
+
+def test_the_planned_vision_steps_run_on_cpu_up_to_tensorrt(config, tmp_path):
+    """The export step runs as planned (no GPU needed); the TensorRT step then needs the tensorrt package."""
+    export = _step(_plan(config, tmp_path), "nanovl.vision_export", "--export")
+    result = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "max relative error" in result.stdout and (tmp_path / "engines" / "vision" / "vision.onnx").is_file()
 
 
 def test_dry_run_prints_every_command(tiny_checkpoint, tmp_path, capsys):
     assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    for needle in ("convert_checkpoint.py", "trtllm-build", "nanovl.triton_config", "vision encoder"):
+    for needle in ("convert_checkpoint.py", "trtllm-build", "nanovl.triton_config", "nanovl.vision_export"):
         assert needle in printed
     assert not (tmp_path / "engines").exists()
 

@@ -4,21 +4,18 @@ import ctypes
 import ctypes.util
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
 from nanovl.checkpoint import load_config
 from nanovl.settings import model_parameters
-from nanovl.vision import load_vision
+from nanovl.vision_engines import VisionSettings, load_vision_engine
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         self.config = load_config(params["checkpoint_dir"])
-        if params["device"] == "cpu":
-            torch.set_num_threads(int(params["torch_threads"]))
-        self.encoder = load_vision(self.config, dtype=params["dtype"] or None, device=params["device"])
+        self.encoder = load_vision_engine(self.config, VisionSettings.from_parameters(params))
         libc = ctypes.util.find_library("c")
         self.malloc_trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
@@ -28,10 +25,9 @@ class TritonPythonModel:
         counts = [len(t) for t in tiles]
         hidden = self.config.llm_hidden_size
         if sum(counts):
-            batch = torch.from_numpy(np.concatenate([t for t in tiles if len(t)]))
-            embeddings = self.encoder(batch.to(self.encoder.mlp1[1].weight.device)).float().cpu()
-            rows = embeddings.reshape(-1, hidden).numpy()   # [sum(n_i) * tokens_per_tile, hidden]
-            del batch, embeddings
+            embeddings = self.encoder(np.concatenate([t for t in tiles if len(t)]))
+            rows = embeddings.reshape(-1, hidden)   # [sum(n_i) * tokens_per_tile, hidden]
+            del embeddings
         else:
             rows = np.zeros((0, hidden), np.float32)
         splits = np.cumsum([c * self.config.tokens_per_tile for c in counts])[:-1]

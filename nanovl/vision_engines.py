@@ -1,0 +1,134 @@
+"""The vision encoder behind one call, on the runtime a stage config names.
+
+    pytorch      nanovl.vision on `device` (CPU or CUDA) in `dtype`: the reference, and the default
+    onnxruntime  the ONNX graph `make engine` exports (nanovl.vision_export), on CPU or CUDA
+    tensorrt     the TensorRT engine `make engine VISION=tensorrt` builds from that graph (GPU only)
+
+Each takes tiles uint8 [n, S, S, 3] (numpy) and returns float32 [n, tokens_per_tile, llm_hidden] (numpy).
+onnxruntime and tensorrt are imported only when selected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .checkpoint import CheckpointConfig
+from .errors import ServerError
+
+ENGINES = ("pytorch", "onnxruntime", "tensorrt")
+# Graph input and output names, shared by the exporter and the runtimes.
+TILES, EMBEDDINGS = "tiles", "embeddings"
+
+
+class VisionEngine(Protocol):
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """tiles: uint8 [n, S, S, 3] -> float32 [n, tokens_per_tile, llm_hidden]"""
+
+
+@dataclass(frozen=True)
+class VisionSettings:
+    """The vision_encoder stage's parameters (config.pbtxt `parameters`), with their defaults in one place."""
+
+    vision_engine: str = "pytorch"
+    vision_engine_path: str = ""   # onnxruntime: the .onnx file; tensorrt: the .plan file
+    device: str = "cpu"
+    dtype: str | None = None       # pytorch only; None: the checkpoint's torch_dtype
+    torch_threads: int = 1         # CPU: intra-op threads of torch or onnxruntime
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "VisionSettings":
+        return cls(vision_engine=params.get("vision_engine") or cls.vision_engine,
+                   vision_engine_path=params.get("vision_engine_path", cls.vision_engine_path),
+                   device=params.get("device") or cls.device, dtype=params.get("dtype") or None,
+                   torch_threads=int(params.get("torch_threads") or cls.torch_threads))
+
+
+class TorchVision:
+    def __init__(self, config: CheckpointConfig, settings: VisionSettings):
+        import torch
+
+        from .vision import load_vision
+
+        if settings.device == "cpu":
+            torch.set_num_threads(settings.torch_threads)
+        self.encoder = load_vision(config, dtype=settings.dtype, device=settings.device)
+        self.device = self.encoder.mlp1[1].weight.device
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.encoder(torch.from_numpy(tiles).to(self.device)).float().cpu().numpy()
+
+
+class OnnxVision:
+    def __init__(self, settings: VisionSettings):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = settings.torch_threads
+        providers = ["CUDAExecutionProvider"] if settings.device.startswith("cuda") else []
+        self.session = onnxruntime.InferenceSession(_engine_file(settings, ".onnx"), options,
+                                                    providers=providers + ["CPUExecutionProvider"])
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        return self.session.run([EMBEDDINGS], {TILES: np.ascontiguousarray(tiles)})[0].astype(np.float32, copy=False)
+
+
+class TensorRTVision:
+    """A TensorRT engine with a dynamic tile batch; a batch above its profile's maximum runs in chunks."""
+
+    def __init__(self, settings: VisionSettings):
+        plan = Path(_engine_file(settings, ".plan"))
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise ServerError(f"vision_engine tensorrt needs TensorRT, which is not installed here ({exc}); use "
+                              "NVIDIA's Triton + TensorRT-LLM container (Dockerfile)") from exc
+        import torch
+
+        self.torch = torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise ServerError(f"{settings.vision_engine_path}: not a TensorRT engine this TensorRT can load")
+        self.context = self.engine.create_execution_context()
+        self.device = torch.device(settings.device if settings.device.startswith("cuda") else "cuda")
+        self.max_tiles = self.engine.get_tensor_profile_shape(TILES, 0)[2][0]
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
+        self.out_dtype = dtypes[self.engine.get_tensor_dtype(EMBEDDINGS)]
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._run(tiles[i:i + self.max_tiles]) for i in range(0, len(tiles), self.max_tiles)])
+
+    def _run(self, tiles: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        self.context.set_input_shape(TILES, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(EMBEDDINGS)), dtype=self.out_dtype, device=self.device)
+        self.context.set_tensor_address(TILES, x.data_ptr())
+        self.context.set_tensor_address(EMBEDDINGS, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ServerError("the TensorRT vision engine failed to run")
+        return out.float().cpu().numpy()   # .cpu() waits for the stream
+
+
+def _engine_file(settings: VisionSettings, suffix: str) -> str:
+    path = Path(settings.vision_engine_path)
+    if not settings.vision_engine_path or not path.is_file():
+        raise ServerError(f"vision_engine {settings.vision_engine} needs parameter vision_engine_path naming its "
+                          f"{suffix} file (`make engine VISION=...` writes it); got {str(path)!r}")
+    return str(path)
+
+
+def load_vision_engine(config: CheckpointConfig, settings: VisionSettings) -> VisionEngine:
+    if settings.vision_engine == "pytorch":
+        return TorchVision(config, settings)
+    if settings.vision_engine == "onnxruntime":
+        return OnnxVision(settings)
+    if settings.vision_engine == "tensorrt":
+        return TensorRTVision(settings)
+    raise ServerError(f"vision_engine {settings.vision_engine!r} is not available (choose from {', '.join(ENGINES)})")

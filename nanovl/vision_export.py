@@ -1,0 +1,122 @@
+"""The vision encoder as a graph for other runtimes: ONNX with a dynamic tile batch, checked against PyTorch with
+onnxruntime, and a TensorRT engine built from it (GPU only).
+
+    python -m nanovl.vision_export --checkpoint DIR --onnx FILE.onnx [--export] [--check] [--tensorrt FILE.plan]
+                                   [--max-tiles 208] [--opt-tiles 13]
+
+The three steps can run in different environments: exporting needs transformers >= 5 (RadioModel), building
+needs TensorRT, and NVIDIA's TensorRT-LLM container pins an older transformers (Dockerfile).
+
+The graph is the whole stage: uint8 tiles in ([0, 1] scaling and CLIP normalization inside), RADIO, pixel
+shuffle and mlp1, float32 [n, tokens_per_tile, llm_hidden] out, so a runtime swaps in behind the same call.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointConfig, load_config
+from .errors import ServerError
+from .vision_engines import EMBEDDINGS, TILES
+
+# Relative error (max |a - b| / max |b|) above which an exported graph is refused. Measured on the tiny
+# checkpoint: 2e-6 absolute on values of ~1.
+MAX_RELATIVE_ERROR = 1e-3
+
+
+def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path:
+    """The float32 graph with a dynamic tile count in [1, max_tiles]; weights over 2 GB go to `path`.data."""
+    import torch
+
+    from .vision import load_vision
+
+    encoder = load_vision(config, dtype="float32")
+    side = config.image_size
+    sample = torch.zeros(2, side, side, 3, dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiles = torch.export.Dim("tiles", min=1, max=max_tiles)
+    torch.onnx.export(encoder, (sample,), str(path), input_names=[TILES], output_names=[EMBEDDINGS],
+                      dynamic_shapes=({0: tiles},), dynamo=True, verbose=False)
+    return path
+
+
+def check_onnx(config: CheckpointConfig, path: Path, tile_counts: tuple[int, ...] = (1, 3)) -> float:
+    """The graph's worst relative error against the PyTorch encoder, run by onnxruntime on random tiles."""
+    import onnxruntime
+    import torch
+
+    from .vision import load_vision
+
+    encoder = load_vision(config, dtype="float32")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n in tile_counts:
+        tiles = rng.integers(0, 256, (n, config.image_size, config.image_size, 3), dtype=np.uint8)
+        ours = session.run([EMBEDDINGS], {TILES: tiles})[0]
+        reference = encoder(torch.from_numpy(tiles)).numpy()
+        if ours.shape != reference.shape:
+            raise ServerError(f"{path}: {n} tiles gave shape {ours.shape}, PyTorch {reference.shape}")
+        worst = max(worst, float(np.abs(ours - reference).max() / max(np.abs(reference).max(), 1e-12)))
+    return worst
+
+
+def build_tensorrt(config: CheckpointConfig, onnx_path: Path, plan_path: Path, *, max_tiles: int,
+                   opt_tiles: int) -> Path:
+    """A TensorRT engine from the ONNX graph: bf16 kernels allowed, one profile of 1..max_tiles tiles tuned for
+    opt_tiles (one 13-tile image). Needs a GPU and the `tensorrt` package (NVIDIA's container has both)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ServerError(f"TensorRT could not parse {onnx_path}: {errors}")
+    build_config = builder.create_builder_config()
+    build_config.set_flag(trt.BuilderFlag.BF16)
+    profile = builder.create_optimization_profile()
+    side = config.image_size
+    profile.set_shape(TILES, (1, side, side, 3), (min(opt_tiles, max_tiles), side, side, 3), (max_tiles, side, side, 3))
+    build_config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, build_config)
+    if serialized is None:
+        raise ServerError(f"TensorRT could not build an engine from {onnx_path} (see its log above)")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_bytes(bytes(serialized))
+    return plan_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--onnx", type=Path, required=True, help="the ONNX file (written with --export)")
+    parser.add_argument("--export", action="store_true", help="export the graph (needs transformers >= 5)")
+    parser.add_argument("--check", action="store_true", help="compare it with PyTorch through onnxruntime")
+    parser.add_argument("--tensorrt", type=Path, help="build a TensorRT engine from it here (GPU, tensorrt)")
+    parser.add_argument("--max-tiles", type=int, default=208, help="most tiles one call takes")
+    parser.add_argument("--opt-tiles", type=int, default=13, help="the tile count TensorRT tunes for")
+    args = parser.parse_args(argv)
+    config = load_config(args.checkpoint)
+    if args.export:
+        export_onnx(config, args.onnx, max_tiles=args.max_tiles)
+        print(f"vision encoder ONNX graph: {args.onnx} (1..{args.max_tiles} tiles)")
+    if args.check:
+        error = check_onnx(config, args.onnx)
+        print(f"onnxruntime vs PyTorch: max relative error {error:.2e}")
+        if error > MAX_RELATIVE_ERROR:
+            print(f"vision export: the graph differs from PyTorch by {error:.2e} (> {MAX_RELATIVE_ERROR})",
+                  file=sys.stderr)
+            return 1
+    if args.tensorrt:
+        build_tensorrt(config, args.onnx, args.tensorrt, max_tiles=args.max_tiles, opt_tiles=args.opt_tiles)
+        print(f"vision TensorRT engine: {args.tensorrt}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

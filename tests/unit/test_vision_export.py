@@ -1,0 +1,74 @@
+"""nanovl.vision_export and nanovl.vision_engines: the ONNX graph of the whole vision stage has a dynamic tile
+batch and gives PyTorch's embeddings through onnxruntime; the stage's runtimes are chosen by its parameters."""
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+
+from nanovl import vision_export
+from nanovl.errors import ServerError
+from nanovl.vision_engines import (EMBEDDINGS, TILES, OnnxVision, TorchVision, VisionSettings,
+                                   load_vision_engine)
+
+
+@pytest.fixture(scope="module")
+def graph(config, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vision") / "vision.onnx"
+    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(path), "--max-tiles", "16",
+                               "--export", "--check"]) == 0
+    return path
+
+
+def test_the_graph_takes_any_tile_count_in_uint8(graph):
+    model = onnx.load(str(graph), load_external_data=False)
+    (tiles,), (embeddings,) = model.graph.input, model.graph.output
+    assert (tiles.name, embeddings.name) == (TILES, EMBEDDINGS)
+    assert tiles.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = tiles.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [512, 512, 3]
+    assert embeddings.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_onnxruntime_gives_the_pytorch_embeddings(config, graph):
+    assert vision_export.check_onnx(config, graph, (1, 2, 5)) < 1e-5
+
+
+def test_the_onnxruntime_engine_equals_the_pytorch_engine(config, graph):
+    tiles = np.random.default_rng(3).integers(0, 256, (3, 512, 512, 3), dtype=np.uint8)
+    ours = load_vision_engine(config, VisionSettings(vision_engine="onnxruntime", vision_engine_path=str(graph)))
+    reference = load_vision_engine(config, VisionSettings(dtype="float32"))
+    assert isinstance(ours, OnnxVision) and isinstance(reference, TorchVision)
+    got, want = ours(tiles), reference(tiles)
+    assert got.dtype == np.float32 and got.shape == (3, config.tokens_per_tile, config.llm_hidden_size)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_settings_come_from_stage_parameters():
+    settings = VisionSettings.from_parameters({"vision_engine": "tensorrt", "vision_engine_path": "/e/v.plan",
+                                               "device": "cuda", "dtype": "", "torch_threads": "2"})
+    assert settings == VisionSettings("tensorrt", "/e/v.plan", "cuda", None, 2)
+    assert VisionSettings.from_parameters({"vision_engine": ""}).vision_engine == "pytorch"
+
+
+@pytest.mark.parametrize("settings, message", [
+    (VisionSettings(vision_engine="onnxruntime"), "needs parameter vision_engine_path"),
+    (VisionSettings(vision_engine="tensorrt", vision_engine_path="/no/v.plan"), "needs parameter vision_engine_path"),
+    (VisionSettings(vision_engine="tvm"), "not available"),
+])
+def test_a_wrong_engine_setting_fails_clearly(config, settings, message):
+    with pytest.raises(ServerError, match=message):
+        load_vision_engine(config, settings)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_the_tensorrt_engine_without_tensorrt_fails_clearly(config, tmp_path):
+    (tmp_path / "vision.plan").write_bytes(b"plan")
+    with pytest.raises(ServerError, match="needs TensorRT, which is not installed"):
+        load_vision_engine(config, VisionSettings("tensorrt", str(tmp_path / "vision.plan")))
+
+
+def test_a_graph_that_differs_from_pytorch_is_refused(config, graph, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vision_export, "check_onnx", lambda *a: 0.5)
+    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(graph), "--check"]) == 1
+    assert "differs from PyTorch" in capsys.readouterr().err
