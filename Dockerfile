@@ -4,12 +4,14 @@
 FROM nvcr.io/nvidia/tritonserver:24.10-trtllm-python-py3
 
 # TensorRT-LLM's Llama conversion and FP8 quantization scripts at the version the container ships; the
-# container has the tensorrt_llm package and trtllm-build, not the examples.
+# container has the tensorrt_llm package and trtllm-build, not the examples. quantize.py on a Hugging Face
+# checkpoint needs ModelOpt (a tensorrt_llm dependency) and `datasets`; its requirements.txt would pull NeMo
+# and re-pin tensorrt_llm, so it is not installed.
 ARG TRTLLM_VERSION=v0.14.0
 RUN git clone --depth 1 --branch ${TRTLLM_VERSION} --filter=blob:none --sparse \
         https://github.com/NVIDIA/TensorRT-LLM.git /opt/tensorrt_llm \
     && git -C /opt/tensorrt_llm sparse-checkout set examples/llama examples/quantization \
-    && pip install --no-cache-dir -r /opt/tensorrt_llm/examples/quantization/requirements.txt
+    && pip install --no-cache-dir datasets
 ENV TRTLLM_EXAMPLES=/opt/tensorrt_llm/examples
 
 WORKDIR /opt/nanovl
@@ -19,16 +21,32 @@ COPY frontend ./frontend
 COPY model_repository ./model_repository
 COPY build ./build
 COPY examples ./examples
-# The container's own torch (CUDA) stays; numpy<2 is what the Python backend stub of 2.51 needs.
-RUN pip install --no-cache-dir 'numpy<2' -e '.[serve]'
+COPY deploy/entrypoint.sh ./deploy/entrypoint.sh
+
+# Two Pythons, because TensorRT-LLM 0.14 pins transformers <= 4.45 (and tokenizers to match) while the PyTorch
+# vision encoder needs transformers 5 (RadioModel):
+# - the container's python3 runs TensorRT-LLM: the conversion steps, trtllm-build, the vision TensorRT build,
+#   and tritonserver's stages when serving engines. Our package goes in without its dependencies, so
+#   transformers and tokenizers stay at TensorRT-LLM's versions; numpy<2 is what both it and the 2.51 stub need.
+RUN pip install --no-cache-dir --no-deps -e . \
+    && pip install --no-cache-dir 'numpy<2' pillow jinja2 safetensors fastapi uvicorn uvloop httptools \
+        'tritonclient[grpc]' openai httpx prometheus-client
+# - /opt/nanovl/pytorch-venv sees the container's packages (its CUDA torch) with transformers 5 and the ONNX
+#   tools on top: the vision export of `make engine`, and serving without engines (PyTorch reference engine
+#   and vision encoder on CUDA).
+RUN python3 -m venv --system-site-packages /opt/nanovl/pytorch-venv \
+    && /opt/nanovl/pytorch-venv/bin/pip install --no-cache-dir 'numpy<2' 'transformers>=5,<6' 'tokenizers>=0.21' \
+        'onnx>=1.16' 'onnxscript>=0.2' 'onnxruntime>=1.18'
 
 # The container's tritonserver, not the CPU wheel's; the checkpoint is mounted at /models/checkpoint.
 ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \
     NANOVL_CHECKPOINT=/models/checkpoint \
     NANOVL_REPOSITORY=/opt/nanovl/gpu_repository \
+    NANOVL_EXPORT_PYTHON=/opt/nanovl/pytorch-venv/bin/python \
+    NANOVL_PYTORCH_PYTHON=/opt/nanovl/pytorch-venv/bin/python \
     PYTHONPATH=/opt/nanovl
-# Without engines: the PyTorch reference engine on cuda in bf16. With engines, point NANOVL_REPOSITORY at
-# the repository `make engine` wrote (e.g. /models/engine/model_repository: engine=tensorrt_llm).
+# Without engines: the PyTorch reference engine and vision encoder on cuda in bf16. With engines, point
+# NANOVL_REPOSITORY at the repository `make engine` wrote (e.g. /models/engine/model_repository).
 RUN python3 -m nanovl.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16
 EXPOSE 8000 8001 8002
-ENTRYPOINT ["/bin/sh", "-c", "exec python3 -m nanovl.launch --repository \"$NANOVL_REPOSITORY\" \"$@\"", "nanovl"]
+ENTRYPOINT ["/opt/nanovl/deploy/entrypoint.sh"]

@@ -55,3 +55,25 @@ def test_validator_rejects_a_misspelt_field():
     deployment["spec"]["replicaz"] = deployment["spec"].pop("replicas")
     with pytest.raises(kubernetes_validate.ValidationError, match="replicaz"):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("engine, python", [("tensorrt_llm", "system"), ("reference", "pytorch-venv")])
+def test_image_entrypoint_serves_engines_with_tensorrt_llms_python(tmp_path, engine, python):
+    """deploy/entrypoint.sh: a repository of TensorRT-LLM engines runs under the container's python3 (the
+    transformers TensorRT-LLM pins), the PyTorch paths under the venv with transformers 5."""
+    import subprocess
+
+    from nanovl.triton_config import write_repository
+
+    write_repository(tmp_path / "repo", {"engine": engine})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, says in (("python3", "system"), ("venv-python", "pytorch-venv")):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{says} $*"\n')
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NANOVL_REPOSITORY": str(tmp_path / "repo"),
+           "NANOVL_PYTORCH_PYTHON": str(bin_dir / "venv-python")}
+    result = subprocess.run([str(ROOT / "deploy" / "entrypoint.sh"), "--port", "9000"], env=env,
+                            capture_output=True, text=True, timeout=30, check=True)
+    assert result.stdout.split() == [python, "-m", "nanovl.launch", "--repository", str(tmp_path / "repo"),
+                                     "--port", "9000"]
