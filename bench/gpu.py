@@ -244,7 +244,9 @@ def bench_llm(config: CheckpointConfig, geometry: Geometry, device: torch.device
         if "prefill" in parts:
             _, seconds = _run(engine, outputs, _prompts(rng, prompts, prompt_len), 1)
             tokens = prompt_len * prompts
-            attention = 4 * llm.num_hidden_layers * prompts * prompt_len ** 2 / 2 * llm.num_attention_heads * runner.head_dim
+            # QK^T and AV over a causal half of prompt_len^2, every head of every layer.
+            width = llm.num_attention_heads * runner.head_dim
+            attention = 2 * llm.num_hidden_layers * prompts * prompt_len ** 2 * width
             tflops = (2 * matmul_params * tokens + attention) / seconds / 1e12
             result["prefill"] = {"prompts": prompts, "prompt_tokens": prompt_len, "tokens_per_s": tokens / seconds,
                                  "tflops": tflops, "of_peak": tflops / peak["matmul_tflops"] if peak else None}
