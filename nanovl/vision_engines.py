@@ -74,7 +74,7 @@ class OnnxVision:
                                                     providers=providers + ["CPUExecutionProvider"])
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        return self.session.run([EMBEDDINGS], {TILES: np.ascontiguousarray(tiles)})[0].astype(np.float32, copy=False)
+        return self.session.run([EMBEDDINGS], {TILES: tiles.astype(np.float32)})[0].astype(np.float32, copy=False)
 
 
 class TensorRTVision:
@@ -90,30 +90,39 @@ class TensorRTVision:
         import torch
 
         self.torch = torch
+        self.device = torch.device(settings.device if settings.device.startswith("cuda") else "cuda")
+        torch.cuda.set_device(self.device)   # the engine deserializes onto the current device
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise ServerError(f"{settings.vision_engine_path}: not a TensorRT engine this TensorRT can load")
         self.context = self.engine.create_execution_context()
-        self.device = torch.device(settings.device if settings.device.startswith("cuda") else "cuda")
+        # A stream of its own: TensorRT syncs (and warns) when it is handed the default stream.
+        self.stream = torch.cuda.Stream(self.device)
         self.max_tiles = self.engine.get_tensor_profile_shape(TILES, 0)[2][0]
         dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
         self.out_dtype = dtypes[self.engine.get_tensor_dtype(EMBEDDINGS)]
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        if not len(tiles):
+            raise ServerError("the vision engine was called with no tiles")
         return np.concatenate([self._run(tiles[i:i + self.max_tiles]) for i in range(0, len(tiles), self.max_tiles)])
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
-        self.context.set_input_shape(TILES, tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(EMBEDDINGS)), dtype=self.out_dtype, device=self.device)
-        self.context.set_tensor_address(TILES, x.data_ptr())
-        self.context.set_tensor_address(EMBEDDINGS, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ServerError("the TensorRT vision engine failed to run")
-        return out.float().cpu().numpy()   # .cpu() waits for the stream
+        with torch.cuda.stream(self.stream):
+            # uint8 over the bus, then float on the device: the graph takes float pixels (vision_export).
+            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).float()
+            if not self.context.set_input_shape(TILES, tuple(x.shape)):
+                raise ServerError(f"the TensorRT vision engine refused input shape {tuple(x.shape)}")
+            shape = tuple(self.context.get_tensor_shape(EMBEDDINGS))
+            out = torch.empty(shape, dtype=self.out_dtype, device=self.device)
+            self.context.set_tensor_address(TILES, x.data_ptr())
+            self.context.set_tensor_address(EMBEDDINGS, out.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise ServerError("the TensorRT vision engine failed to run")
+            result = out.float().cpu()   # waits for the stream
+        return result.numpy()
 
 
 def _engine_file(settings: VisionSettings, suffix: str) -> str:

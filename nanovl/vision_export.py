@@ -7,8 +7,9 @@ onnxruntime, and a TensorRT engine built from it (GPU only).
 The three steps can run in different environments: exporting needs transformers >= 5 (RadioModel), building
 needs TensorRT, and NVIDIA's TensorRT-LLM container pins an older transformers (Dockerfile).
 
-The graph is the whole stage: uint8 tiles in ([0, 1] scaling and CLIP normalization inside), RADIO, pixel
-shuffle and mlp1, float32 [n, tokens_per_tile, llm_hidden] out, so a runtime swaps in behind the same call.
+The graph is the whole stage: tiles in (float32 [n, S, S, 3] RGB, 0..255; [0, 1] scaling and CLIP
+normalization inside), RADIO, pixel shuffle and mlp1, float32 [n, tokens_per_tile, llm_hidden] out, so a
+runtime swaps in behind the same call.
 """
 from __future__ import annotations
 
@@ -22,9 +23,23 @@ from .checkpoint import CheckpointConfig, load_config
 from .errors import ServerError
 from .vision_engines import EMBEDDINGS, TILES
 
+# TensorRT 10's ONNX parser reads opsets up to 20; onnxruntime reads all of these.
+OPSET = 18
 # Relative error (max |a - b| / max |b|) above which an exported graph is refused. Measured on the tiny
 # checkpoint: 2e-6 absolute on values of ~1.
 MAX_RELATIVE_ERROR = 1e-3
+# The same for the bf16 TensorRT engine against the PyTorch float32 embeddings the check saved: bf16 keeps 8
+# bits of mantissa through 32 layers. A first guess, to be confirmed on a GPU.
+MAX_TENSORRT_RELATIVE_ERROR = 5e-2
+
+
+def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(ours - reference).max() / max(float(np.abs(reference).max()), 1e-12))
+
+
+def reference_file(onnx_path: Path) -> Path:
+    """Where the check leaves tiles and PyTorch's embeddings of them, for the TensorRT build to compare with."""
+    return onnx_path.with_suffix(".reference.npz")
 
 
 def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path:
@@ -35,16 +50,19 @@ def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path
 
     encoder = load_vision(config, dtype="float32")
     side = config.image_size
-    sample = torch.zeros(2, side, side, 3, dtype=torch.uint8)
+    # Float pixels in 0..255, not uint8: TensorRT takes a uint8 network input only straight into a Cast, and
+    # the exporter also reads the tile count off the input. The runtimes cast on the device, after the copy.
+    sample = torch.zeros(2, side, side, 3, dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tiles = torch.export.Dim("tiles", min=1, max=max_tiles)
     torch.onnx.export(encoder, (sample,), str(path), input_names=[TILES], output_names=[EMBEDDINGS],
-                      dynamic_shapes=({0: tiles},), dynamo=True, verbose=False)
+                      dynamic_shapes=({0: tiles},), dynamo=True, opset_version=OPSET, verbose=False)
     return path
 
 
 def check_onnx(config: CheckpointConfig, path: Path, tile_counts: tuple[int, ...] = (1, 3)) -> float:
-    """The graph's worst relative error against the PyTorch encoder, run by onnxruntime on random tiles."""
+    """The graph's worst relative error against the PyTorch encoder, run by onnxruntime on random tiles. The
+    last tiles and PyTorch's embeddings of them are saved beside the graph (reference_file)."""
     import onnxruntime
     import torch
 
@@ -56,12 +74,25 @@ def check_onnx(config: CheckpointConfig, path: Path, tile_counts: tuple[int, ...
     worst = 0.0
     for n in tile_counts:
         tiles = rng.integers(0, 256, (n, config.image_size, config.image_size, 3), dtype=np.uint8)
-        ours = session.run([EMBEDDINGS], {TILES: tiles})[0]
+        ours = session.run([EMBEDDINGS], {TILES: tiles.astype(np.float32)})[0]
         reference = encoder(torch.from_numpy(tiles)).numpy()
         if ours.shape != reference.shape:
             raise ServerError(f"{path}: {n} tiles gave shape {ours.shape}, PyTorch {reference.shape}")
-        worst = max(worst, float(np.abs(ours - reference).max() / max(np.abs(reference).max(), 1e-12)))
+        worst = max(worst, relative_error(ours, reference))
+    np.savez(reference_file(path), tiles=tiles, embeddings=reference)
     return worst
+
+
+def check_tensorrt(plan_path: Path, onnx_path: Path) -> float | None:
+    """The engine's relative error on the tiles the ONNX check saved, or None when there are none."""
+    from .vision_engines import TensorRTVision, VisionSettings
+
+    if not reference_file(onnx_path).is_file():
+        return None
+    saved = np.load(reference_file(onnx_path))
+    engine = TensorRTVision(VisionSettings(vision_engine="tensorrt", vision_engine_path=str(plan_path),
+                                           device="cuda"))
+    return relative_error(engine(saved["tiles"]), saved["embeddings"])
 
 
 def build_tensorrt(config: CheckpointConfig, onnx_path: Path, plan_path: Path, *, max_tiles: int,
@@ -115,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorrt:
         build_tensorrt(config, args.onnx, args.tensorrt, max_tiles=args.max_tiles, opt_tiles=args.opt_tiles)
         print(f"vision TensorRT engine: {args.tensorrt}")
+        error = check_tensorrt(args.tensorrt, args.onnx)
+        if error is None:
+            print(f"no {reference_file(args.onnx)} (written by --check): the engine is not compared with PyTorch")
+        elif error > MAX_TENSORRT_RELATIVE_ERROR:
+            print(f"vision TensorRT engine: differs from PyTorch by {error:.2e} (> {MAX_TENSORRT_RELATIVE_ERROR})",
+                  file=sys.stderr)
+            return 1
+        else:
+            print(f"TensorRT (bf16) vs PyTorch: max relative error {error:.2e}")
     return 0
 
 

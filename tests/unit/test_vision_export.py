@@ -20,14 +20,24 @@ def graph(config, tmp_path_factory):
     return path
 
 
-def test_the_graph_takes_any_tile_count_in_uint8(graph):
+def test_the_graph_takes_any_tile_count_as_float_pixels(graph):
     model = onnx.load(str(graph), load_external_data=False)
     (tiles,), (embeddings,) = model.graph.input, model.graph.output
     assert (tiles.name, embeddings.name) == (TILES, EMBEDDINGS)
-    assert tiles.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    # Not uint8: TensorRT takes a uint8 input only straight into a Cast, and the graph also reads its shape.
+    assert tiles.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     dims = tiles.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [512, 512, 3]
     assert embeddings.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.opset_import[0].version == vision_export.OPSET <= 20   # TensorRT 10's parser reads up to 20
+
+
+def test_the_check_leaves_a_reference_for_the_tensorrt_build(config, graph):
+    saved = np.load(vision_export.reference_file(graph))
+    assert saved["tiles"].dtype == np.uint8 and saved["embeddings"].shape[1:] == (config.tokens_per_tile,
+                                                                                  config.llm_hidden_size)
+    reference = TorchVision(config, VisionSettings(dtype="float32"))(saved["tiles"])
+    assert vision_export.relative_error(saved["embeddings"], reference) < 1e-6
 
 
 def test_onnxruntime_gives_the_pytorch_embeddings(config, graph):
