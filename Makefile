@@ -12,7 +12,8 @@ DTYPE ?= bfloat16
 MAX_BATCH ?= 8
 TP ?= 1
 VISION ?= tensorrt
-# The venv's Python where there is one; the container's python3 inside the GPU image.
+# The venv's Python where there is one; the container's python3 inside the GPU image (bench-gpu there takes
+# $NANOVL_PYTORCH_PYTHON, the image's venv with transformers 5).
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
 .PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu soak faults
@@ -67,7 +68,7 @@ faults: $(STAMP) ## The fault tests alone: stage stubs and tritonserver killed, 
 	$(BIN)/python -m pytest -q tests/integration/test_faults.py
 
 bench-gpu: ## On a GPU: vision tiles/s, prefill and decode tok/s at the real size (random weights) vs the device's peaks
-	$(ENGINE_PY) bench/gpu.py --device $(if $(DEVICE),$(DEVICE),cuda)
+	$(if $(NANOVL_PYTORCH_PYTHON),$(NANOVL_PYTORCH_PYTHON),$(ENGINE_PY)) bench/gpu.py --device $(if $(DEVICE),$(DEVICE),cuda)
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
 	$(BIN)/python bench/preprocess.py

@@ -231,8 +231,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def transformers_major() -> int | None:
+    """This interpreter's transformers major version (the one that serves the engines), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformers").split(".")[0])
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.vision == "pytorch" and (transformers_major() or 0) < 5:
+        # The stages serve under this Python (TensorRT-LLM's); the PyTorch encoder needs RadioModel.
+        print("make engine: VISION=pytorch needs transformers >= 5 (RadioModel) in the Python that serves the "
+              f"TensorRT-LLM engine; this one has {transformers_major() or 'none'}: use VISION=tensorrt",
+              file=sys.stderr)
+        return 2
     try:
         config = validate(args.checkpoint)
     except CheckpointError as exc:

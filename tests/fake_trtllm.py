@@ -46,9 +46,11 @@ class FinishReason(enum.Enum):
 
 
 class SamplingConfig:
-    ALLOWED = {"beam_width", "top_k", "top_p", "top_p_min", "top_p_reset_ids", "top_p_decay", "seed", "random_seed",
-               "temperature", "min_tokens", "min_length", "beam_search_diversity_rate", "repetition_penalty",
-               "presence_penalty", "frequency_penalty", "length_penalty", "early_stopping", "no_repeat_ngram_size"}
+    # 0.14 also takes the deprecated aliases random_seed and min_length (renamed in 0.13); they are left out so
+    # that our code must use the current names.
+    ALLOWED = {"beam_width", "top_k", "top_p", "top_p_min", "top_p_reset_ids", "top_p_decay", "seed", "temperature",
+               "min_tokens", "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+               "frequency_penalty", "length_penalty", "early_stopping", "no_repeat_ngram_size"}
 
     def __init__(self, beam_width: int = 1, **kwargs):
         self.beam_width = beam_width

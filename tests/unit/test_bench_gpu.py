@@ -70,3 +70,15 @@ def test_a_failing_part_does_not_hide_the_others(tmp_path, monkeypatch, capsys):
     assert code == 1 and "ZeroDivisionError" in results["errors"]["vision"]
     assert results["llm"]["prefill"]["tokens_per_s"] > 0 and "decode" not in results["llm"]
     assert "vision: FAILED" in capsys.readouterr().out
+
+
+def test_a_failure_inside_the_llm_part_keeps_its_earlier_figures(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("decode broke")
+
+    monkeypatch.setattr(bench, "_decode", broken)
+    code = bench.main(["--geometry", "small", "--device", "cpu", "--workdir", str(tmp_path), "--parts", "prefill",
+                       "decode", "--json", str(tmp_path / "r.json")])
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert code == 1 and "decode broke" in results["errors"]["llm"]
+    assert results["llm"]["prefill"]["tokens_per_s"] > 0 and results["llm"]["decode"] == []
