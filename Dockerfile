@@ -47,6 +47,7 @@ ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \
     PYTHONPATH=/opt/nanovl
 # Without engines: the PyTorch reference engine and vision encoder on cuda in bf16. With engines, point
 # NANOVL_REPOSITORY at the repository `make engine` wrote (e.g. /models/engine/model_repository).
-RUN python3 -m nanovl.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16
+RUN python3 -m nanovl.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16 \
+        --instances preprocessing=8
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["/opt/nanovl/deploy/entrypoint.sh"]

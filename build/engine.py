@@ -51,6 +51,7 @@ DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples
 DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
 VISION_ENGINES = ("tensorrt", "pytorch")
+DEFAULT_PREPROCESSING_INSTANCES = 8
 # Tiles one TensorRT vision call takes: the stage's largest dynamic batch of requests, each with its most images
 # of the most tiles (thumbnail included); TensorRT tunes for one 13-tile image.
 OPT_VISION_TILES = 13
@@ -200,7 +201,8 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         "--param", "dtype=bfloat16", "--param", f"max_running={args.max_batch}",
         "--param", f"max_step_tokens={args.max_num_tokens}",
         "--param", f"kv_cache_free_gpu_memory_fraction={args.kv_cache_fraction}",
-        "--param", "enable_chunked_context=true", *vision_params])
+        "--param", "enable_chunked_context=true", *vision_params,
+        "--instances", f"preprocessing={args.preprocessing_instances}"])
     return [convert, Command("build the LLM engine", build), *vision, repository]
 
 
@@ -220,12 +222,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-dataset", default=None,
                         help="fp8: a local calibration dataset (default: quantize.py's, fetched from the Hub)")
     parser.add_argument("--vision", choices=VISION_ENGINES, default="tensorrt", help="the vision encoder's engine")
+    # Fetching, decoding and tiling run on the CPU, ~20 1080p images/s an instance (docs/perf.md); a GPU encodes
+    # far more, and GPU hosts have the cores.
+    parser.add_argument("--preprocessing-instances", type=int, default=DEFAULT_PREPROCESSING_INSTANCES,
+                        help="preprocessing stage instances (image fetch, decode, tiling)")
     parser.add_argument("--export-python", default=os.environ.get("NANOVL_EXPORT_PYTHON"),
                         help="interpreter with transformers >= 5 for the vision export (default: --python)")
     parser.add_argument("--trtllm-examples", default=DEFAULT_EXAMPLES, help="TensorRT-LLM's examples folder")
     parser.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
     args = parser.parse_args(argv)
-    for name in ("max_batch", "tp", "max_num_tokens"):
+    for name in ("max_batch", "tp", "max_num_tokens", "preprocessing_instances"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args

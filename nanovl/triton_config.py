@@ -40,6 +40,9 @@ DEFAULT_PARAMETERS = {
     "detokenizer": {"checkpoint_dir": ""},
 }
 INSTANCES = {"preprocessing": 2, "vision_encoder": 1, "llm": 1, "detokenizer": 1}
+# Stages whose instance count a deployment may change: the llm owns the engine (one per GPU set) and the
+# detokenizer must keep stream order.
+SCALABLE = ("preprocessing",)
 
 
 def _tensor(t: Tensor, kind: str, ragged: bool = False) -> str:
@@ -66,7 +69,7 @@ def _without_batch_dim(t: Tensor) -> Tensor:
     return Tensor(t.name, t.dtype, t.dims[1:], t.optional, t.doc)
 
 
-def stage_config(name: str, parameters: dict[str, str]) -> str:
+def stage_config(name: str, parameters: dict[str, str], instances: int | None = None) -> str:
     inputs, outputs = MODELS[name]
     if name in BATCHED:
         inputs, outputs = [_without_batch_dim(t) for t in inputs], [_without_batch_dim(t) for t in outputs]
@@ -78,7 +81,7 @@ def stage_config(name: str, parameters: dict[str, str]) -> str:
     if name in DECOUPLED:
         text += "model_transaction_policy {\n  decoupled: true\n}\n"
     text += _io("input", inputs, ragged=name in BATCHED) + _io("output", outputs)
-    text += f"instance_group [\n  {{\n    count: {INSTANCES[name]}\n    kind: KIND_CPU\n  }}\n]\n"
+    text += f"instance_group [\n  {{\n    count: {instances or INSTANCES[name]}\n    kind: KIND_CPU\n  }}\n]\n"
     for key, value in sorted(parameters.items()):
         text += f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
     return text
@@ -115,8 +118,13 @@ def ensemble_config() -> str:
     return text + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
 
 
-def write_repository(out: Path, overrides: dict[str, str] | None = None) -> None:
-    """Writes configs (and, for a fresh folder, copies the model.py adapters) into `out`."""
+def write_repository(out: Path, overrides: dict[str, str] | None = None,
+                     instances: dict[str, int] | None = None) -> None:
+    """Writes configs (and, for a fresh folder, copies the model.py adapters) into `out`; `instances` changes
+    the instance count of SCALABLE stages."""
+    wrong = set(instances or {}) - set(SCALABLE)
+    if wrong:
+        raise ValueError(f"instance counts of {sorted(wrong)} cannot change (only {', '.join(SCALABLE)})")
     out.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
         model_dir = out / stage
@@ -125,7 +133,7 @@ def write_repository(out: Path, overrides: dict[str, str] | None = None) -> None
                             ignore=shutil.ignore_patterns("__pycache__"))
         parameters = dict(DEFAULT_PARAMETERS[stage])
         parameters.update({k: v for k, v in (overrides or {}).items() if k in parameters})
-        (model_dir / "config.pbtxt").write_text(stage_config(stage, parameters))
+        (model_dir / "config.pbtxt").write_text(stage_config(stage, parameters, (instances or {}).get(stage)))
     (out / "ensemble" / "1").mkdir(parents=True, exist_ok=True)
     (out / "ensemble" / "config.pbtxt").write_text(ensemble_config())
 
@@ -135,11 +143,17 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--param", action="append", default=[], help="KEY=VALUE for any stage parameter")
+    parser.add_argument("--instances", action="append", default=[],
+                        help=f"STAGE=N instances of a stage ({', '.join(SCALABLE)})")
     args = parser.parse_args()
     overrides = dict(p.split("=", 1) for p in args.param)
     if args.checkpoint:
         overrides["checkpoint_dir"] = str(Path(args.checkpoint).resolve())
-    write_repository(args.out, overrides)
+    instances = {stage: int(n) for stage, n in (p.split("=", 1) for p in args.instances)}
+    try:
+        write_repository(args.out, overrides, instances)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ def test_planned_repository_selects_the_engines(config, tmp_path):
     assert 'key: "engine"\n  value: { string_value: "tensorrt_llm" }' in text
     assert f'string_value: "{tmp_path / "engines" / "llm"}"' in text
     assert (tmp_path / "model_repository" / "llm" / "1" / "model.py").is_file()
+    preprocessing = (tmp_path / "model_repository" / "preprocessing" / "config.pbtxt").read_text()
+    assert f"count: {make_engine.DEFAULT_PREPROCESSING_INSTANCES}\n" in preprocessing
+    assert "count: 1\n" in (tmp_path / "model_repository" / "detokenizer" / "config.pbtxt").read_text()
     vision = (tmp_path / "model_repository" / "vision_encoder" / "config.pbtxt").read_text()
     assert 'key: "vision_engine"\n  value: { string_value: "tensorrt" }' in vision
     assert f'string_value: "{tmp_path / "engines" / "vision" / "vision.plan"}"' in vision

@@ -23,3 +23,14 @@ def test_ensemble_wires_every_stage_input():
     public_inputs = {t.name for t in MODELS["ensemble"][0]}
     assert consumed <= produced | public_inputs
     assert {t.name for t in MODELS["ensemble"][1]} <= produced
+
+
+def test_only_preprocessing_may_change_its_instance_count(tmp_path):
+    import pytest
+
+    from nanovl.triton_config import write_repository
+
+    write_repository(tmp_path / "a", instances={"preprocessing": 6})
+    assert "count: 6\n" in (tmp_path / "a" / "preprocessing" / "config.pbtxt").read_text()
+    with pytest.raises(ValueError, match="detokenizer"):   # more would reorder a stream's responses
+        write_repository(tmp_path / "b", instances={"detokenizer": 2})
