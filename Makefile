@@ -16,7 +16,7 @@ VISION ?= tensorrt
 # $NANOVL_PYTORCH_PYTHON, the image's venv with transformers 5).
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu soak faults
+.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu bench-vision soak faults
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ faults: $(STAMP) ## The fault tests alone: stage stubs and tritonserver killed, 
 
 bench-gpu: ## On a GPU: vision tiles/s, prefill and decode tok/s at the real size (random weights) vs the device's peaks
 	$(if $(NANOVL_PYTORCH_PYTHON),$(NANOVL_PYTORCH_PYTHON),$(ENGINE_PY)) bench/gpu.py --device $(if $(DEVICE),$(DEVICE),cuda)
+
+bench-vision: $(TINY)/config.json ## Tiles/s of the vision runtimes side by side: PyTorch vs onnxruntime (+ TensorRT with PLAN=)
+	$(BIN)/python bench/vision.py --checkpoint $(CHECKPOINT) $(if $(PLAN),--plan $(PLAN))
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
 	$(BIN)/python bench/preprocess.py

@@ -92,19 +92,38 @@ def write_config(out: Path, geometry: Geometry) -> CheckpointConfig:
     return load_config(out)
 
 
-def write_weights(config: CheckpointConfig, device: torch.device) -> None:
-    """Random bf16 weights under the real names, the LLM in shards (one in host memory at a time). They are
-    drawn on `device`: drawing 8B numbers on a CPU takes minutes."""
+def write_weights(config: CheckpointConfig, device: torch.device, *, llm_weights: bool = True) -> None:
+    """Random bf16 weights under the real names; llm_weights=False writes the vision part only (all the vision
+    encoder's loader reads)."""
+    from safetensors.torch import save_file
+
+    weight_map = _write_llm_weights(config, device) if llm_weights else {}
+    cpu, vit = torch.Generator().manual_seed(0), config.vision
+    # 1/sqrt(width), as trained encoders scale: the tiny checkpoint's 0.2 makes attention chaotic at width 1280.
+    rest = tiny_checkpoint.vision_weights(cpu, width=vit.hidden_size, depth=vit.num_layers, mlp=vit.mlp_dim,
+                                          prefix_tokens=vit.num_cls_tokens + vit.num_registers,
+                                          std=min(0.2, vit.hidden_size ** -0.5))
+    rest.update(tiny_checkpoint.projector_weights(cpu, merged=vit.hidden_size * 4, hidden=config.projector_hidden_size,
+                                                  out=config.llm_hidden_size))
+    rest = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in rest.items()}
+    save_file(rest, str(config.path / "vision.safetensors"), metadata={"format": "pt"})
+    weight_map.update({key: "vision.safetensors" for key in rest})
+    index = {"metadata": {}, "weight_map": weight_map}
+    (config.path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def _write_llm_weights(config: CheckpointConfig, device: torch.device) -> dict[str, str]:
+    """The LLM's weights in shards of ~2 GB at the real size, one in host memory at a time, drawn on `device`
+    (drawing 8B numbers on a CPU takes minutes). -> weight name -> file."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out, llm = config.path, config.llm_config
-    cfg = {k: v for k, v in llm.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    cfg = {k: v for k, v in config.llm_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in LlamaForCausalLM(LlamaConfig(**cfg)).state_dict().items()}
     gen = torch.Generator(device=device).manual_seed(0)
     shards: dict[str, list[str]] = {}
-    for name in shapes:   # about 2 GB a shard at the real size
+    for name in shapes:
         layer = name.split(".")[2] if name.startswith("model.layers.") else "-1"
         shards.setdefault(f"llm-{(int(layer) + 1) // 4:02d}.safetensors", []).append(name)
     weight_map = {}
@@ -116,17 +135,9 @@ def write_weights(config: CheckpointConfig, device: torch.device) -> None:
             else:
                 tensor = (torch.randn(shapes[name], generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
             tensors[f"language_model.{name}"] = tensor
-        save_file(tensors, str(out / file), metadata={"format": "pt"})
+        save_file(tensors, str(config.path / file), metadata={"format": "pt"})
         weight_map.update({key: file for key in tensors})
-    cpu, vit = torch.Generator().manual_seed(0), config.vision
-    rest = tiny_checkpoint.vision_weights(cpu, width=vit.hidden_size, depth=vit.num_layers, mlp=vit.mlp_dim,
-                                          prefix_tokens=vit.num_cls_tokens + vit.num_registers)
-    rest.update(tiny_checkpoint.projector_weights(cpu, merged=vit.hidden_size * 4, hidden=config.projector_hidden_size,
-                                                  out=config.llm_hidden_size))
-    rest = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in rest.items()}
-    save_file(rest, str(out / "vision.safetensors"), metadata={"format": "pt"})
-    weight_map.update({key: "vision.safetensors" for key in rest})
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weight_map
 
 
 class Timer:

@@ -112,7 +112,11 @@ def vision_config() -> dict:
     }
 
 
-def vision_weights(gen: torch.Generator, *, width: int, depth: int, mlp: int, prefix_tokens: int) -> dict:
+def vision_weights(gen: torch.Generator, *, width: int, depth: int, mlp: int, prefix_tokens: int,
+                   std: float = 0.2) -> dict:
+    """std: of the block matrices. 0.2 keeps the tiny model's greedy choices far from ties; at the real width
+    it makes activations so large that attention turns chaotic (float32 runtimes disagree), so a real-size
+    random encoder takes a trained-like scale."""
     def rand(*shape, std=0.02):
         return torch.randn(*shape, generator=gen) * std
 
@@ -127,11 +131,11 @@ def vision_weights(gen: torch.Generator, *, width: int, depth: int, mlp: int, pr
     for i in range(depth):
         b = f"{p}model.blocks.{i}."
         w.update({b + "norm1.weight": 1 + rand(width), b + "norm1.bias": rand(width),
-                  b + "attn.qkv.weight": rand(3 * width, width, std=0.2), b + "attn.qkv.bias": rand(3 * width),
-                  b + "attn.proj.weight": rand(width, width, std=0.2), b + "attn.proj.bias": rand(width),
+                  b + "attn.qkv.weight": rand(3 * width, width, std=std), b + "attn.qkv.bias": rand(3 * width),
+                  b + "attn.proj.weight": rand(width, width, std=std), b + "attn.proj.bias": rand(width),
                   b + "norm2.weight": 1 + rand(width), b + "norm2.bias": rand(width),
-                  b + "mlp.fc1.weight": rand(mlp, width, std=0.2), b + "mlp.fc1.bias": rand(mlp),
-                  b + "mlp.fc2.weight": rand(width, mlp, std=0.2), b + "mlp.fc2.bias": rand(width)})
+                  b + "mlp.fc1.weight": rand(mlp, width, std=std), b + "mlp.fc1.bias": rand(mlp),
+                  b + "mlp.fc2.weight": rand(width, mlp, std=std), b + "mlp.fc2.bias": rand(width)})
     return w
 
 

@@ -48,6 +48,8 @@ def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path
 
     from .vision import load_vision
 
+    if max_tiles < 2:   # torch.export specializes a dimension that can only be 1
+        raise ValueError(f"max_tiles must be at least 2, got {max_tiles}")
     encoder = load_vision(config, dtype="float32")
     side = config.image_size
     # Float pixels in 0..255, not uint8: TensorRT takes a uint8 network input only straight into a Cast, and
@@ -109,6 +111,9 @@ def build_tensorrt(config: CheckpointConfig, onnx_path: Path, plan_path: Path, *
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ServerError(f"TensorRT could not parse {onnx_path}: {errors}")
     build_config = builder.create_builder_config()
+    # A weakly typed network with bf16 kernels allowed: what TensorRT 10.x (the 24.10 container's 10.5) builds.
+    # Later TensorRT deprecates these precision flags for strongly typed networks, where the graph's own types
+    # decide: a bf16 export would then be needed.
     build_config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     side = config.image_size
