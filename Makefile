@@ -46,7 +46,7 @@ test: $(STAMP) ## Run the whole test suite (unit + a real tritonserver and front
 configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
 	$(BIN)/python -m nanovl.triton_config model_repository
 
-engine: ## TensorRT-LLM engines + a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
+engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, CALIB_DATASET, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
 	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
 
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
