@@ -1,6 +1,7 @@
 """build/engine.py (`make engine`): the split Llama checkpoint, the build plan, clear errors on a wrong checkpoint."""
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -160,3 +161,41 @@ def test_vision_pytorch_is_refused_where_transformers_cannot_run_it(tiny_checkpo
     monkeypatch.setattr(make_engine, "transformers_major", lambda: 5)
     assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dry-run",
                              "--vision", "pytorch"]) == 0
+
+
+def _stub(path, body):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_full_run_executes_each_step_in_order(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Not a dry run, with stand-ins for TensorRT-LLM's tools (they need a GPU): every planned command runs,
+    and the repository step writes a repository that selects the engine."""
+    examples, log = tmp_path / "examples", tmp_path / "steps.log"
+    script = examples / "llama" / "convert_checkpoint.py"   # run by this Python, as the real one is
+    script.parent.mkdir(parents=True)
+    script.write_text(f"import sys\nopen({str(log)!r}, 'a').write(' '.join(['convert', *sys.argv[1:]]) + '\\n')\n")
+    _stub(tmp_path / "bin" / "trtllm-build", f'echo build "$@" >> {log}')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    code = make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--vision", "pytorch",
+                             "--trtllm-examples", str(examples)])
+    assert code == 0, capsys.readouterr().err
+    convert, build = log.read_text().splitlines()
+    assert convert.startswith("convert --model_dir") and build.startswith("build --checkpoint_dir")
+    assert 'string_value: "tensorrt_llm"' in (out / "model_repository" / "llm" / "config.pbtxt").read_text()
+
+
+def test_a_failing_step_stops_the_build_and_says_which(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    examples = tmp_path / "examples"
+    (examples / "llama").mkdir(parents=True)
+    (examples / "llama" / "convert_checkpoint.py").write_text("")
+    _stub(tmp_path / "bin" / "trtllm-build", "echo 'engine build broke' >&2; exit 3")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    code = make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--vision", "pytorch",
+                             "--trtllm-examples", str(examples)])
+    assert code == 3 and "step 3 failed with exit code 3" in capsys.readouterr().err
+    assert not (out / "model_repository").exists()
