@@ -153,6 +153,8 @@ class Executor:
     vocab_size = 0          # set by the test: ids at or above it index the prompt table
     table_dtype = None      # torch dtype the engine's weights have
     fail_token = -1         # a prompt holding it gets an error response instead of tokens
+    garble_token = -1       # a prompt holding it gets a result with no beams, which nothing can read
+    error_on_cancel = False  # answer a cancelled request with an error response, not a final result
     instances: list["Executor"] = []
 
     def __init__(self, model_path, model_type, executor_config):
@@ -201,6 +203,10 @@ class Executor:
         request = run.request
         if self.fail_token in request.input_token_ids:
             return Response(key, error_msg="injected executor failure")
+        if self.garble_token in request.input_token_ids:
+            return Response(key, Result([], False, []))
+        if run.cancelled and self.error_on_cancel:
+            return Response(key, error_msg="request cancelled")
         if run.cancelled:
             return Response(key, Result([[]], True, [FinishReason.NOT_FINISHED], self._logprobs(run)))
         token = run.script[len(run.made) % len(run.script)]
@@ -223,6 +229,8 @@ class Executor:
     def get_latest_iteration_stats(self):
         with self.lock:
             active = len(self.requests)
+        if not active:
+            return []   # an idle Executor runs no iterations
         kv = types.SimpleNamespace(max_num_blocks=100, used_num_blocks=10 * active)
         return [types.SimpleNamespace(num_active_requests=active, num_queued_requests=0, iter=len(self.enqueued),
                                       kv_cache_stats=kv)]

@@ -25,7 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable
@@ -130,14 +130,32 @@ def table_extra_ids(prompt_ids: np.ndarray, table: np.ndarray, vocab_size: int) 
     return [digest if t >= vocab_size else 0 for t in prompt_ids.tolist()]
 
 
-def engine_world_size(engine_dir: Path) -> int:
-    """GPUs the engine was built for (tensor x pipeline parallel), from trtllm-build's config.json."""
+def _engine_config(engine_dir: Path) -> dict:
     config_file = Path(engine_dir) / "config.json"
     if not config_file.is_file():
         raise ServerError(f"{engine_dir} is not a TensorRT-LLM engine directory: no config.json "
                           "(build one with `make engine`)")
-    mapping = json.loads(config_file.read_text()).get("pretrained_config", {}).get("mapping", {})
+    return json.loads(config_file.read_text())
+
+
+def engine_world_size(engine_dir: Path) -> int:
+    """GPUs the engine was built for (tensor x pipeline parallel), from trtllm-build's config.json."""
+    mapping = _engine_config(engine_dir).get("pretrained_config", {}).get("mapping", {})
     return int(mapping.get("world_size", mapping.get("tp_size", 1) * mapping.get("pp_size", 1)))
+
+
+def within_build(options: TrtLlmOptions) -> TrtLlmOptions:
+    """The options with max_batch_size and max_num_tokens capped at what trtllm-build built the engine for
+    (its config.json build_config): a repository not written by `make engine` may ask for more."""
+    build = _engine_config(options.engine_dir).get("build_config", {})
+    capped = {}
+    for name in ("max_batch_size", "max_num_tokens"):
+        asked, built = getattr(options, name), build.get(name)
+        if built is not None and (asked is None or asked > built):
+            if asked is not None:
+                log.warning("%s %d is more than the engine was built for; using %d", name, asked, built)
+            capped[name] = int(built)
+    return replace(options, **capped)
 
 
 @dataclass
@@ -204,6 +222,7 @@ class TrtLlmEngine:
     def __init__(self, options: TrtLlmOptions, config: CheckpointConfig,
                  on_output: Callable[[EngineOutput], None]):
         self._tle = _import_executor()
+        options = within_build(options)
         self.options = options
         self.config = config
         self.on_output = on_output
@@ -241,6 +260,11 @@ class TrtLlmEngine:
     def submit(self, request: GenerationRequest) -> None:
         params = request.sampling
         reason = unsupported(params)
+        steps = self.options.max_num_tokens
+        if reason is None and not self.options.enable_chunked_context and steps and len(request.prompt_ids) > steps:
+            # Without chunked context a prompt must fit one step; the Executor would refuse it less clearly.
+            reason = (f"the prompt is {len(request.prompt_ids)} tokens; without chunked context this engine takes "
+                      f"at most {steps} (max_num_tokens)")
         if reason is not None:
             self.on_output(EngineOutput(request.request_id, [], "error", len(request.prompt_ids), 0, reason))
             return
@@ -297,6 +321,11 @@ class TrtLlmEngine:
         self._stop.set()
         self._thread.join(timeout=10)
         self.executor.shutdown()
+        with self._lock:   # whatever was still running gets its final response rather than silence
+            live, self._live, self._by_key = list(self._live.values()), {}, {}
+        for request in live:
+            self.on_output(EngineOutput(request.request_id, [], "error", request.prompt_len, request.completed,
+                                        "the llm engine shut down"))
 
     def _loop(self) -> None:
         last_stats = 0.0
@@ -305,19 +334,38 @@ class TrtLlmEngine:
                 responses = self.executor.await_responses(_POLL)
             except Exception:
                 log.exception("await_responses failed")
+                self._stop.wait(_POLL.total_seconds())   # a broken Executor must not spin this thread
                 continue
             for response in responses:
-                self._deliver(response)
+                try:
+                    self._deliver(response)
+                except Exception as exc:   # one response we cannot read fails its request, not the thread
+                    log.exception("response for executor request %s", getattr(response, "request_id", "?"))
+                    self._fail(getattr(response, "request_id", None), f"reading its response failed: {exc}")
             if time.monotonic() - last_stats > _STATS_EVERY_S:
                 last_stats = time.monotonic()
-                self._update_stats()
+                try:
+                    self._update_stats()
+                except Exception:
+                    log.exception("iteration stats failed")
+
+    def _fail(self, key, error: str) -> None:
+        with self._lock:
+            live = self._live.pop(key, None)
+            if live is not None:
+                self._by_key.pop(live.request_id, None)
+        if live is not None:
+            self.executor.cancel_request(key)
+            self.on_output(EngineOutput(live.request_id, [], "error", live.prompt_len, live.completed, error))
 
     def _deliver(self, response) -> None:
         with self._lock:
             live = self._live.get(response.request_id)
         if live is None:
             return
-        if response.has_error():
+        if response.has_error() and live.cancelled:   # a cancelled request the Executor answers with an error
+            out = EngineOutput(live.request_id, [], "cancelled", live.prompt_len, live.completed)
+        elif response.has_error():
             out = EngineOutput(live.request_id, [], "error", live.prompt_len, live.completed, response.error_msg)
         else:
             result = response.result
@@ -337,3 +385,8 @@ class TrtLlmEngine:
         if iterations:
             self.stats.running, self.stats.waiting, self.stats.kv_cache_usage = stats_from_iteration(iterations[-1])
             self.stats.steps = int(iterations[-1].iter)
+        elif not self._live:
+            # An idle Executor reports no iterations: without this the gauges (and the autoscaler) would keep
+            # the last busy values.
+            self.stats.running = self.stats.waiting = 0
+            self.stats.kv_cache_usage = 0.0

@@ -23,9 +23,10 @@ def fake(monkeypatch, config):
     return module
 
 
-def _engine(config, tmp_path, *, world_size=1, **options):
+def _engine(config, tmp_path, *, world_size=1, build=None, **options):
     (tmp_path / "config.json").write_text(json.dumps(
-        {"pretrained_config": {"dtype": "bfloat16", "mapping": {"world_size": world_size}}}))
+        {"pretrained_config": {"dtype": "bfloat16", "mapping": {"world_size": world_size}},
+         "build_config": build or {"max_batch_size": 64, "max_num_tokens": 8192}}))
     outputs: queue.SimpleQueue = queue.SimpleQueue()
     engine = trtllm.TrtLlmEngine(trtllm.TrtLlmOptions(tmp_path, **options), config, outputs.put).start()
     return engine, outputs
@@ -114,24 +115,34 @@ def test_cancel_ends_the_stream_cancelled_and_forgets_it(fake, config, tmp_path)
     assert engine._live == {} and engine._by_key == {}
 
 
-def test_failures_stay_with_their_request(fake, config, tmp_path, monkeypatch):
-    monkeypatch.setattr(fake.Executor, "fail_token", 13)
+@pytest.mark.parametrize("fault, message", [("fail_token", "injected executor failure"),
+                                            ("garble_token", "reading its response failed")])
+def test_a_failed_or_unreadable_response_stays_with_its_request(fake, config, tmp_path, monkeypatch, fault,
+                                                                message):
+    monkeypatch.setattr(fake.Executor, fault, 13)
     engine, outputs = _engine(config, tmp_path)
     try:
         engine.submit(GenerationRequest("bad", np.array([5, 13], np.int32), _params()))
         failed = _collect(outputs, "bad")
-        engine.submit(GenerationRequest("empty", np.array([], np.int32), _params()))
-        refused = _collect(outputs, "empty")
-        engine.submit(GenerationRequest("top", np.array([5], np.int32), _params(logprobs=2)))
-        unsupported = _collect(outputs, "top")
         engine.submit(GenerationRequest("r1", np.array([5, EOT], np.int32), _params()))
         fine = _collect(outputs)
     finally:
         engine.shutdown()
-    assert failed[-1].finish_reason == "error" and "injected executor failure" in failed[-1].error
+    assert failed[-1].finish_reason == "error" and message in failed[-1].error
+    assert fine[-1].finish_reason == "stop" and fine[0].token_ids == [5] and engine._live == {}
+
+
+def test_requests_the_executor_cannot_take_fail_alone(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("empty", np.array([], np.int32), _params()))
+        refused = _collect(outputs, "empty")
+        engine.submit(GenerationRequest("top", np.array([5], np.int32), _params(logprobs=2)))
+        unsupported = _collect(outputs, "top")
+    finally:
+        engine.shutdown()
     assert refused[-1].finish_reason == "error" and "refused the request" in refused[-1].error
     assert unsupported[-1].finish_reason == "error" and "top_logprobs" in unsupported[-1].error
-    assert fine[-1].finish_reason == "stop" and fine[0].token_ids == [5]
 
 
 def test_sampled_requests_without_a_seed_get_different_seeds(fake, config, tmp_path):
@@ -146,20 +157,66 @@ def test_sampled_requests_without_a_seed_get_different_seeds(fake, config, tmp_p
     assert first.top_p == 1.0 and first.temperature == 0.7 and first.seed != second.seed
 
 
-def test_stats_come_from_the_iteration_stats(fake, config, tmp_path):
+def test_stats_come_from_the_iteration_stats_and_fall_to_zero_when_idle(fake, config, tmp_path):
     engine, outputs = _engine(config, tmp_path)
     try:
         engine.submit(GenerationRequest("r1", np.array([5, 6], np.int32), _params(max_tokens=10_000)))
         outputs.get(timeout=10)
         engine._update_stats()
         assert (engine.stats.running, engine.stats.kv_cache_usage) == (1, 0.1)
+        engine.cancel("r1")
+        _collect(outputs)
+        engine._update_stats()   # the idle Executor reports no iteration at all
+        assert (engine.stats.running, engine.stats.waiting, engine.stats.kv_cache_usage) == (0, 0, 0.0)
     finally:
         engine.shutdown()
 
 
+def test_shutdown_ends_running_streams_with_an_error(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    engine.submit(GenerationRequest("r1", np.array([5, 6], np.int32), _params(max_tokens=10_000)))
+    outputs.get(timeout=10)
+    engine.shutdown()
+    got = _collect(outputs)
+    assert got[-1].finish_reason == "error" and "shut down" in got[-1].error
+
+
+def test_a_cancel_answered_with_an_error_is_still_cancelled(fake, config, tmp_path, monkeypatch):
+    monkeypatch.setattr(fake.Executor, "error_on_cancel", True)
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("r1", np.array([5, 6], np.int32), _params(max_tokens=10_000)))
+        outputs.get(timeout=10)
+        engine.cancel("r1")
+        got = _collect(outputs)
+    finally:
+        engine.shutdown()
+    assert got[-1].finish_reason == "cancelled" and got[-1].error is None
+
+
+def test_limits_are_capped_at_what_the_engine_was_built_for(fake, config, tmp_path):
+    engine, _ = _engine(config, tmp_path, build={"max_batch_size": 4, "max_num_tokens": 2048}, max_batch_size=32,
+                        max_num_tokens=8192)
+    engine.shutdown()
+    executor_config = fake.Executor.instances[0].config
+    assert (executor_config.max_batch_size, executor_config.max_num_tokens) == (4, 2048)
+
+
+def test_without_chunked_context_a_prompt_must_fit_one_step(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path, build={"max_batch_size": 8, "max_num_tokens": 64},
+                              enable_chunked_context=False)
+    try:
+        engine.submit(GenerationRequest("r1", np.full(65, 5, np.int32), _params()))
+        got = _collect(outputs)
+    finally:
+        engine.shutdown()
+    assert got[-1].finish_reason == "error" and "without chunked context" in got[-1].error
+    assert fake.Executor.instances[0].enqueued == []
+
+
 def test_executor_config_and_tensor_parallel_orchestrator(fake, config, tmp_path):
     engine, _ = _engine(config, tmp_path, world_size=2, max_batch_size=8, max_num_tokens=4096,
-                        kv_cache_free_gpu_memory_fraction=0.7)
+                        kv_cache_free_gpu_memory_fraction=0.7)   # within what it was built for
     engine.shutdown()
     executor_config = fake.Executor.instances[0].config
     assert (executor_config.max_batch_size, executor_config.max_num_tokens) == (8, 4096)
