@@ -9,8 +9,8 @@ Steps (each printed as the command it runs; --dry-run runs only the first, which
   2. convert it with TensorRT-LLM's Llama tooling (convert_checkpoint.py; quantize.py for fp8)
   3. trtllm-build with what multimodal serving needs: a prompt-embedding table for max_batch x images x 13
      tiles x 256 rows, paged KV cache, paged context FMHA (chunked context), 16K context
-  4. (--vision tensorrt, the default) export the vision encoder (RADIO + pixel shuffle + mlp1, uint8 tiles in) to
-     ONNX with a dynamic tile batch and check it against PyTorch with onnxruntime, then
+  4. (--vision tensorrt, the default) export the vision encoder (RADIO + pixel shuffle + mlp1; float pixels in)
+     to ONNX with a dynamic tile batch and check it against PyTorch with onnxruntime, then
   5. build it as a TensorRT engine (bf16, 1..max tiles, tuned for one 13-tile image)
   6. write OUT/model_repository with engine=tensorrt_llm, the vision engine, and the engines' paths and sizes
 
@@ -46,8 +46,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja")
 DTYPES = ("bfloat16", "fp8")
 DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples")
-# Paged context FMHA needs max_num_tokens to be a multiple of the KV block size; 8192 tokens per step keeps a
-# 16K prompt to two chunks.
+# Paged context FMHA needs max_num_tokens to be a multiple of the KV block size (trtllm-build's
+# --tokens_per_block, 64 unless set); 8192 tokens per step keeps a 16K prompt to two chunks.
+KV_BLOCK_TOKENS = 64
 DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
 VISION_ENGINES = ("tensorrt", "pytorch")
@@ -79,6 +80,9 @@ def validate(checkpoint: Path) -> CheckpointConfig:
                if k not in config.llm_config]
     if missing:
         raise CheckpointError(f"{checkpoint}/config.json: llm_config lacks {missing}")
+    llm_type = config.llm_config.get("model_type", "llama")
+    if llm_type != "llama":   # TensorRT-LLM's Llama tooling is what converts it
+        raise CheckpointError(f"{checkpoint}/config.json: llm_config.model_type is {llm_type!r}, not 'llama'")
     if not (checkpoint / "tokenizer.json").is_file():
         raise CheckpointError(f"{checkpoint}: no tokenizer.json")
     if not any(k.startswith("language_model.") for keys in _weight_keys(checkpoint).values() for k in keys):
@@ -215,8 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="sequences in flight per GPU")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS, help="tokens per step")
-    # Of the GPU memory free when the Executor starts; what is left is the vision engine's (up to 208 tiles
-    # of ViT-H activations, a few GB) when Triton loads it after the llm.
+    # Of the GPU memory free when the Executor starts. Triton loads the stages in no set order: if the vision
+    # engine comes second it has the other 20 % (up to 208 tiles of ViT-H activations need a few GB).
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8, help="free GPU memory for the KV cache")
     parser.add_argument("--calib-size", type=int, default=512, help="fp8 calibration samples")
     parser.add_argument("--calib-dataset", default=None,
@@ -234,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("max_batch", "tp", "max_num_tokens", "preprocessing_instances"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_num_tokens % KV_BLOCK_TOKENS:
+        parser.error(f"--max-num-tokens must be a multiple of {KV_BLOCK_TOKENS} (paged context FMHA)")
     return args
 
 

@@ -197,4 +197,10 @@ def load_tokenizer(config: CheckpointConfig):
     # Not AutoTokenizer: config.json's auto_map points at the model's remote code, which we never run.
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(str(config.path))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(config.path))
+    template = config.path / "chat_template.jinja"
+    if not tokenizer.chat_template and template.is_file():
+        # transformers before 4.47 reads the template only from tokenizer_config.json, and TensorRT-LLM 0.14's
+        # container pins 4.45: a checkpoint saved with the template in its own file would lose it there.
+        tokenizer.chat_template = template.read_text()
+    return tokenizer

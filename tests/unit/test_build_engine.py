@@ -129,6 +129,7 @@ def test_dry_run_prints_every_command(tiny_checkpoint, tmp_path, capsys):
     ("no_config", "no config.json"),
     ("wrong_architecture", "lack 'Llama_Nemotron_Nano_VL'"),
     ("no_llm_weights", "no language_model.* weights"),
+    ("not_a_llama", "llm_config.model_type is 'mistral', not 'llama'"),
 ])
 def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, message):
     broken = tmp_path / "ckpt"
@@ -138,6 +139,10 @@ def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, mes
     elif breakage == "wrong_architecture":
         config = json.loads((broken / "config.json").read_text())
         (broken / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    elif breakage == "not_a_llama":
+        config = json.loads((broken / "config.json").read_text())
+        config["llm_config"]["model_type"] = "mistral"
+        (broken / "config.json").write_text(json.dumps(config))
     else:
         from safetensors.torch import load_file, save_file
 
@@ -199,3 +204,9 @@ def test_a_failing_step_stops_the_build_and_says_which(tiny_checkpoint, tmp_path
                              "--trtllm-examples", str(examples)])
     assert code == 3 and "step 3 failed with exit code 3" in capsys.readouterr().err
     assert not (out / "model_repository").exists()
+
+
+def test_max_num_tokens_must_be_a_multiple_of_the_kv_block(config, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make_engine.parse_args(["--checkpoint", str(config.path), "--out", str(tmp_path), "--max-num-tokens", "1000"])
+    assert "multiple of 64" in capsys.readouterr().err

@@ -61,3 +61,23 @@ def test_wrong_checkpoint_is_refused_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ServerError, match="Llama_Nemotron_Nano_VL"):
         load_config(tmp_path)
+
+
+def test_a_template_kept_in_its_own_file_reaches_an_older_loader(tiny_checkpoint, monkeypatch):
+    """transformers < 4.47 (TensorRT-LLM 0.14's container) reads no chat_template.jinja: load_tokenizer does."""
+    from transformers import PreTrainedTokenizerFast
+
+    from nanovl.checkpoint import load_config, load_tokenizer
+
+    loader = PreTrainedTokenizerFast.from_pretrained.__func__
+
+    def older(cls, *args, **kwargs):
+        tokenizer = loader(cls, *args, **kwargs)
+        tokenizer.chat_template = None
+        return tokenizer
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", classmethod(older))
+    tokenizer = load_tokenizer(load_config(tiny_checkpoint))
+    assert tokenizer.chat_template == (tiny_checkpoint / "chat_template.jinja").read_text()
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith(
+        "<|begin_of_text|><|start_header_id|>user")
