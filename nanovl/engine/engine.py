@@ -59,6 +59,10 @@ class ReferenceEngine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():   # the loop is over: its sequences are ours to end
+            self._drain_inbox()
+            for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+                self._finish(seq, "error", error="the llm engine shut down")
 
     def _loop(self) -> None:
         while not self._stop.is_set():

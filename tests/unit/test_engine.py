@@ -126,6 +126,18 @@ def test_cancel_frees_the_sequence_within_a_step(engine, config, tokenizer):
     assert engine.scheduler.idle and engine.runner.blocks.free_blocks == engine.runner.blocks.num_blocks
 
 
+def test_shutdown_ends_running_and_waiting_requests_with_an_error(config, tokenizer):
+    engine = make_engine(config, max_running=1)
+    ids = chat_ids(tokenizer, "long one")
+    engine.submit(_request("running", ids, config, max_tokens=5000, temperature=0.0))
+    assert engine.collector.outputs.get(timeout=30).request_id == "running"
+    engine.submit(_request("waiting", ids, config, max_tokens=5000, temperature=0.0))
+    engine.shutdown()
+    _, finals = engine.collector.run(2)
+    assert {k: (f.finish_reason, f.error) for k, f in finals.items()} == {
+        "running": ("error", "the llm engine shut down"), "waiting": ("error", "the llm engine shut down")}
+
+
 def test_min_tokens_masks_the_stop_tokens(engine, config, tokenizer):
     ids = chat_ids(tokenizer, "x")
     engine.submit(_request("probe", ids, config, max_tokens=1, temperature=0.0))
