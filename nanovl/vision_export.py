@@ -14,6 +14,7 @@ runtime swaps in behind the same call.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .checkpoint import CheckpointConfig, load_config
 from .errors import ServerError
 from .vision_engines import EMBEDDINGS, TILES
 
+log = logging.getLogger(__name__)
 # TensorRT 10's ONNX parser reads opsets up to 20; onnxruntime reads all of these.
 OPSET = 18
 # Relative error (max |a - b| / max |b|) above which an exported graph is refused. Measured on the tiny
@@ -56,9 +58,17 @@ def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path
     # the exporter also reads the tile count off the input. The runtimes cast on the device, after the copy.
     sample = torch.zeros(2, side, side, 3, dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tiles = torch.export.Dim("tiles", min=1, max=max_tiles)
-    torch.onnx.export(encoder, (sample,), str(path), input_names=[TILES], output_names=[EMBEDDINGS],
-                      dynamic_shapes=({0: tiles},), dynamo=True, opset_version=OPSET, verbose=False)
+    names = dict(input_names=[TILES], output_names=[EMBEDDINGS], opset_version=OPSET)
+    try:
+        tiles = torch.export.Dim("tiles", min=1, max=max_tiles)
+        torch.onnx.export(encoder, (sample,), str(path), dynamic_shapes=({0: tiles},), dynamo=True, verbose=False,
+                          **names)
+    except Exception as exc:
+        # The torch.export-based exporter needs a torch and onnxscript that agree; NVIDIA's containers ship
+        # older torch builds. The TorchScript exporter gives the same graph here (checked by --check either way).
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter", exc)
+        torch.onnx.export(encoder, (sample,), str(path), dynamic_axes={TILES: {0: "tiles"}, EMBEDDINGS: {0: "tiles"}},
+                          dynamo=False, **names)
     return path
 
 

@@ -82,3 +82,19 @@ def test_a_graph_that_differs_from_pytorch_is_refused(config, graph, tmp_path, m
     monkeypatch.setattr(vision_export, "check_onnx", lambda *a: 0.5)
     assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(graph), "--check"]) == 1
     assert "differs from PyTorch" in capsys.readouterr().err
+
+
+def test_the_torchscript_exporter_takes_over_when_torch_export_fails(config, tmp_path, monkeypatch):
+    import torch
+
+    real_export = torch.onnx.export
+
+    def without_dynamo(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("this torch cannot export with torch.export")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", without_dynamo)
+    graph = vision_export.export_onnx(config, tmp_path / "v.onnx", max_tiles=8)
+    assert onnx.load(str(graph)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert vision_export.check_onnx(config, graph, (1, 3)) < 1e-5
