@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from .checkpoint import CheckpointConfig, load_config
 from .errors import ServerError
-from .vision_engines import EMBEDDINGS, TILES
+from .vision_engines import EMBEDDINGS, TILES, OnnxVision, TensorRTVision, TorchVision, VisionSettings
 
 log = logging.getLogger(__name__)
 # TensorRT 10's ONNX parser reads opsets up to 20; onnxruntime reads all of these.
@@ -75,19 +76,15 @@ def export_onnx(config: CheckpointConfig, path: Path, *, max_tiles: int) -> Path
 def check_onnx(config: CheckpointConfig, path: Path, tile_counts: tuple[int, ...] = (1, 3)) -> float:
     """The graph's worst relative error against the PyTorch encoder, run by onnxruntime on random tiles. The
     last tiles and PyTorch's embeddings of them are saved beside the graph (reference_file)."""
-    import onnxruntime
-    import torch
-
-    from .vision import load_vision
-
-    encoder = load_vision(config, dtype="float32")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The stage's own runtimes, on every core (a one-off check, not a stage sharing the machine).
+    threads = os.cpu_count() or 1
+    session = OnnxVision(VisionSettings("onnxruntime", str(path), torch_threads=threads))
+    encoder = TorchVision(config, VisionSettings(dtype="float32", torch_threads=threads))
     rng = np.random.default_rng(0)
     worst = 0.0
     for n in tile_counts:
         tiles = rng.integers(0, 256, (n, config.image_size, config.image_size, 3), dtype=np.uint8)
-        ours = session.run([EMBEDDINGS], {TILES: tiles.astype(np.float32)})[0]
-        reference = encoder(torch.from_numpy(tiles)).numpy()
+        ours, reference = session(tiles), encoder(tiles)
         if ours.shape != reference.shape:
             raise ServerError(f"{path}: {n} tiles gave shape {ours.shape}, PyTorch {reference.shape}")
         worst = max(worst, relative_error(ours, reference))
@@ -97,8 +94,6 @@ def check_onnx(config: CheckpointConfig, path: Path, tile_counts: tuple[int, ...
 
 def check_tensorrt(plan_path: Path, onnx_path: Path) -> float | None:
     """The engine's relative error on the tiles the ONNX check saved, or None when there are none."""
-    from .vision_engines import TensorRTVision, VisionSettings
-
     if not reference_file(onnx_path).is_file():
         return None
     saved = np.load(reference_file(onnx_path))
