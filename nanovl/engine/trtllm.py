@@ -130,7 +130,8 @@ def table_extra_ids(prompt_ids: np.ndarray, table: np.ndarray, vocab_size: int) 
     return [digest if t >= vocab_size else 0 for t in prompt_ids.tolist()]
 
 
-def _engine_config(engine_dir: Path) -> dict:
+def engine_config(engine_dir: Path) -> dict:
+    """trtllm-build's config.json of an engine directory."""
     config_file = Path(engine_dir) / "config.json"
     if not config_file.is_file():
         raise ServerError(f"{engine_dir} is not a TensorRT-LLM engine directory: no config.json "
@@ -138,16 +139,16 @@ def _engine_config(engine_dir: Path) -> dict:
     return json.loads(config_file.read_text())
 
 
-def engine_world_size(engine_dir: Path) -> int:
-    """GPUs the engine was built for (tensor x pipeline parallel), from trtllm-build's config.json."""
-    mapping = _engine_config(engine_dir).get("pretrained_config", {}).get("mapping", {})
+def engine_world_size(built: dict) -> int:
+    """GPUs the engine was built for (tensor x pipeline parallel), from its engine_config()."""
+    mapping = built.get("pretrained_config", {}).get("mapping", {})
     return int(mapping.get("world_size", mapping.get("tp_size", 1) * mapping.get("pp_size", 1)))
 
 
-def within_build(options: TrtLlmOptions) -> TrtLlmOptions:
+def within_build(options: TrtLlmOptions, built: dict) -> TrtLlmOptions:
     """The options with max_batch_size and max_num_tokens capped at what trtllm-build built the engine for
-    (its config.json build_config): a repository not written by `make engine` may ask for more."""
-    build = _engine_config(options.engine_dir).get("build_config", {})
+    (build_config of its engine_config()): a repository not written by `make engine` may ask for more."""
+    build = built.get("build_config", {})
     capped = {}
     for name in ("max_batch_size", "max_num_tokens"):
         asked, built = getattr(options, name), build.get(name)
@@ -222,7 +223,8 @@ class TrtLlmEngine:
     def __init__(self, options: TrtLlmOptions, config: CheckpointConfig,
                  on_output: Callable[[EngineOutput], None]):
         self._tle = _import_executor()
-        options = within_build(options)
+        self._built = engine_config(options.engine_dir)
+        options = within_build(options, self._built)
         self.options = options
         self.config = config
         self.on_output = on_output
@@ -231,7 +233,6 @@ class TrtLlmEngine:
         self._by_key: dict[str, int] = {}           # our request id -> executor request id
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._table_dtype = None
         self.executor = self._tle.Executor(Path(options.engine_dir), self._tle.ModelType.DECODER_ONLY,
                                            self._executor_config())
         self._thread = threading.Thread(target=self._loop, name="trtllm-responses", daemon=True)
@@ -242,7 +243,7 @@ class TrtLlmEngine:
                                free_gpu_memory_fraction=opts.kv_cache_free_gpu_memory_fraction)
         kwargs = {"max_beam_width": 1, "kv_cache_config": kv, "enable_chunked_context": opts.enable_chunked_context,
                   "max_batch_size": opts.max_batch_size, "max_num_tokens": opts.max_num_tokens}
-        world = engine_world_size(opts.engine_dir)
+        world = engine_world_size(self._built)
         if world > 1:
             # Orchestrator mode: this process spawns one MPI worker per GPU, so tritonserver needs no mpirun.
             import tensorrt_llm
@@ -302,11 +303,9 @@ class TrtLlmEngine:
         weights); the Executor copies it to the GPU, as TensorRT-LLM's own Triton backend relies on."""
         import torch
 
-        if self._table_dtype is None:
-            dtype = json.loads((Path(self.options.engine_dir) / "config.json").read_text()).get(
-                "pretrained_config", {}).get("dtype", "bfloat16")
-            self._table_dtype = {"float16": torch.float16, "float32": torch.float32}.get(dtype, torch.bfloat16)
-        return torch.from_numpy(table).to(self._table_dtype)
+        dtype = {"float16": torch.float16, "float32": torch.float32}.get(
+            self._built.get("pretrained_config", {}).get("dtype"), torch.bfloat16)
+        return torch.from_numpy(table).to(dtype)
 
     def cancel(self, request_id: str) -> None:
         with self._lock:

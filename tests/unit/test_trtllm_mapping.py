@@ -125,9 +125,9 @@ def test_iteration_stats():
 
 def test_engine_world_size(tmp_path):
     with pytest.raises(ServerError, match="make engine"):
-        trtllm.engine_world_size(tmp_path)
+        trtllm.engine_config(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"mapping": {"world_size": 2}}}))
-    assert trtllm.engine_world_size(tmp_path) == 2
+    assert trtllm.engine_world_size(trtllm.engine_config(tmp_path)) == 2
 
 
 def test_settings_carry_the_engine_parameters():
