@@ -255,11 +255,11 @@ def transformers_major() -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.vision == "pytorch" and (transformers_major() or 0) < 5:
+    major = transformers_major() if args.vision == "pytorch" else None
+    if args.vision == "pytorch" and (major or 0) < 5:
         # The stages serve under this Python (TensorRT-LLM's); the PyTorch encoder needs RadioModel.
         print("make engine: VISION=pytorch needs transformers >= 5 (RadioModel) in the Python that serves the "
-              f"TensorRT-LLM engine; this one has {transformers_major() or 'none'}: use VISION=tensorrt",
-              file=sys.stderr)
+              f"TensorRT-LLM engine; this one has {major or 'none'}: use VISION=tensorrt", file=sys.stderr)
         return 2
     try:
         config = validate(args.checkpoint)
