@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "build"))
 
 
+def load_script(name: str, path: Path):
+    """A script outside the package (build/, bench/) imported as module `name`; registered in sys.modules
+    because dataclasses look their module up there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     import tiny_checkpoint as generator

@@ -1,18 +1,13 @@
 """bench/gpu.py (`make bench-gpu`): the real geometry is the real model's, and the whole run works at toy size
 on CPU, so that a session with a GPU spends its device time measuring, not debugging."""
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
-_spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_gpu"] = bench
-_spec.loader.exec_module(bench)
+bench = load_script("bench_gpu", ROOT / "bench" / "gpu.py")
 
 
 def test_real_geometry_is_the_8b_model_and_vit_h(tmp_path):

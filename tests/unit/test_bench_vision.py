@@ -1,13 +1,8 @@
 """bench/vision.py (`make bench-vision`): the runtimes are checked equal, then timed side by side."""
-import importlib.util
-import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
-_spec = importlib.util.spec_from_file_location("bench_vision", ROOT / "bench" / "vision.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["bench_vision"] = bench
-_spec.loader.exec_module(bench)
+bench = load_script("bench_vision", ROOT / "bench" / "vision.py")
 
 
 def test_pytorch_and_onnxruntime_side_by_side(tiny_checkpoint, capsys):

@@ -1,5 +1,4 @@
 """build/engine.py (`make engine`): the split Llama checkpoint, the build plan, clear errors on a wrong checkpoint."""
-import importlib.util
 import json
 import os
 import shutil
@@ -9,12 +8,9 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, chat_ids
+from tests.conftest import ROOT, chat_ids, load_script
 
-_spec = importlib.util.spec_from_file_location("build_engine", ROOT / "build" / "engine.py")
-make_engine = importlib.util.module_from_spec(_spec)
-sys.modules["build_engine"] = make_engine   # dataclasses look their module up there
-_spec.loader.exec_module(make_engine)
+make_engine = load_script("build_engine", ROOT / "build" / "engine.py")
 
 
 @pytest.fixture(scope="module")
