@@ -195,8 +195,7 @@ def bench_vision(config: CheckpointConfig, geometry: Geometry, device: torch.dev
         tflops = n * flops / seconds / 1e12
         rows.append({"tiles": n, "tiles_per_s": n / seconds, "tflops": tflops,
                      "of_peak": tflops / peak["matmul_tflops"] if peak else None})
-    del encoder
-    return rows
+    return rows   # the encoder goes with this frame, before the LLM part loads
 
 
 # Sampling as chat clients send it, with every per-request setting that costs work on the host.
