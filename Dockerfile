@@ -21,16 +21,17 @@ COPY frontend ./frontend
 COPY model_repository ./model_repository
 COPY build ./build
 COPY examples ./examples
-COPY deploy/entrypoint.sh ./deploy/entrypoint.sh
+COPY deploy/entrypoint.sh deploy/serve-requirements.txt ./deploy/
 
 # Two Pythons, because TensorRT-LLM 0.14 pins transformers <= 4.45 (and tokenizers to match) while the PyTorch
 # vision encoder needs transformers 5 (RadioModel):
 # - the container's python3 runs TensorRT-LLM: the conversion steps, trtllm-build, the vision TensorRT build,
 #   and tritonserver's stages when serving engines. Our package goes in without its dependencies, so
 #   transformers and tokenizers stay at TensorRT-LLM's versions; numpy<2 is what both it and the 2.51 stub need.
+#   `make test-container` runs the tests of what this Python serves under the same versions (Python 3.10,
+#   TensorRT-LLM 0.14's pins), on a CPU.
 RUN pip install --no-cache-dir --no-deps -e . \
-    && pip install --no-cache-dir 'numpy<2' pillow jinja2 safetensors fastapi uvicorn uvloop httptools \
-        'tritonclient[grpc]' openai httpx prometheus-client
+    && pip install --no-cache-dir -r deploy/serve-requirements.txt
 # - /opt/nanovl/pytorch-venv sees the container's packages (its CUDA torch) with transformers 5 and the ONNX
 #   tools on top: the vision export of `make engine`, and serving without engines (PyTorch reference engine
 #   and vision encoder on CUDA).

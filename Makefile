@@ -12,11 +12,19 @@ DTYPE ?= bfloat16
 MAX_BATCH ?= 8
 TP ?= 1
 VISION ?= tensorrt
+# The GPU image's python3 serves the stages and the frontend with TensorRT-LLM engines: Python 3.10 with
+# TensorRT-LLM 0.14's pins. make test also runs the tests of what it serves under those versions
+# (tests/container-requirements.txt; pyenv's 3.10 where the machine has one).
+CONTAINER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10) $(PYTHON))
+CVENV ?= .venv-container
+CSTAMP := $(CVENV)/.installed
+CONTAINER_TESTS := $(foreach t,api_doc checkpoint detokenize errors fetch frontend_app fuzz_parsers fuzz_requests \
+	images launch prompt stop tiling triton_config trtllm_engine trtllm_mapping,tests/unit/test_$(t).py)
 # The venv's Python where there is one; the container's python3 inside the GPU image (bench-gpu there takes
 # $NANOVL_PYTORCH_PYTHON, the image's venv with transformers 5).
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu bench-vision soak faults
+.PHONY: help install checkpoint serve test test-container configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu bench-vision soak faults
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,8 +48,19 @@ checkpoint: $(TINY)/config.json ## Generate the tiny random-weight checkpoint in
 serve: $(STAMP) $(if $(filter $(TINY),$(CHECKPOINT)),$(TINY)/config.json) ## Serve CHECKPOINT: OpenAI API on :8000, Triton gRPC :8001, metrics :8002
 	$(BIN)/python -m nanovl.launch --checkpoint $(CHECKPOINT) --port $(PORT)
 
-test: $(STAMP) ## Run the whole test suite (unit + a real tritonserver and frontend)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+$(CSTAMP): tests/container-requirements.txt deploy/serve-requirements.txt
+	$(CONTAINER_PYTHON) -m venv $(CVENV)
+	$(CVENV)/bin/pip install -q --upgrade pip
+	$(CVENV)/bin/pip install -q -r tests/container-requirements.txt
+	touch $@
+
+test: $(STAMP) $(CSTAMP) $(TINY)/config.json ## Run the whole test suite (unit + a real tritonserver and frontend), then test-container
+	NANOVL_CONTAINER_PYTHON=$(abspath $(CVENV))/bin/python $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-container
+
+test-container: $(CSTAMP) $(TINY)/config.json ## The tests of what the GPU image's python3 serves, under its versions (Python 3.10, transformers 4.45.1, ...)
+	@$(CVENV)/bin/python -c 'import sys, transformers, PIL, openai, numpy; print(f"test-container: Python {sys.version.split()[0]}, transformers {transformers.__version__}, Pillow {PIL.__version__}, openai {openai.__version__}, numpy {numpy.__version__}")'
+	NANOVL_TEST_CHECKPOINT=$(abspath $(TINY)) $(CVENV)/bin/python -m pytest -q -m "not needs_torch" $(CONTAINER_TESTS)
 
 configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
 	$(BIN)/python -m nanovl.triton_config model_repository
@@ -52,8 +71,8 @@ engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model reposi
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
 	docker build -t nanovl-triton:latest .
 
-clean: ## Remove the virtualenv, generated checkpoints and run files
-	rm -rf $(VENV) checkpoints .run
+clean: ## Remove the virtualenvs, generated checkpoints and run files
+	rm -rf $(VENV) $(CVENV) checkpoints .run
 
 bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' continuous batching at 1, 8, 32 clients
 	$(BIN)/python bench/engine.py --checkpoint $(TINY)

@@ -81,6 +81,14 @@ def save_tokenizer(tokenizer, out: Path) -> None:
                                    clean_up_tokenization_spaces=False, model_max_length=16384)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(out))
+    # The real checkpoint was saved by transformers 4.x: its tokenizer_config.json names PreTrainedTokenizerFast,
+    # which every version loads, and has no "backend" key. transformers 5 writes its own class name
+    # (TokenizersBackend), which the GPU container's transformers 4.45 does not know.
+    config_file = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config.pop("backend", None)
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
 
 
 def llm_config(vocab_size: int, tok) -> dict:

@@ -9,25 +9,14 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-from .request import EngineOutput, GenerationRequest
+from .request import EngineOutput, EngineStats, GenerationRequest
 from .runner import ModelRunner
 from .sampler import apply_penalties, choose, logprob_of, make_generator
 from .scheduler import Scheduler, Sequence
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineStats:
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
-    steps: int = 0
-    forward_s: float = 0.0     # time inside the model forward
-    step_s: float = 0.0        # whole steps: forward + scheduling + sampling + reporting
 
 
 class ReferenceEngine:

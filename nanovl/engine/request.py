@@ -86,3 +86,16 @@ class EngineOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass
+class EngineStats:
+    """What an engine reports for the llm stage's gauges; here, not in engine.py, so that the TensorRT-LLM engine
+    imports without the reference engine's torch."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    steps: int = 0
+    forward_s: float = 0.0     # time inside the model forward
+    step_s: float = 0.0        # whole steps: forward + scheduling + sampling + reporting

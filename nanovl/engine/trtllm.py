@@ -34,8 +34,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointConfig
 from ..errors import ServerError
-from .engine import EngineStats
-from .request import EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
+from .request import EngineOutput, EngineStats, GenerationRequest, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from nanovl.launch import Stack, free_port
+from nanovl.launch import ROOT, Stack, free_port, wait_for_http
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 
@@ -22,6 +24,26 @@ def stack(tiny_checkpoint, tmp_path_factory):
     server.start(deadline_s=180)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def container_frontend(stack):
+    """A second frontend on the session's tritonserver, under the GPU image's python3 as `make test` rebuilds it
+    (Python 3.10, TensorRT-LLM 0.14's transformers, Pillow and openai pins) -> its port."""
+    python = Path(os.environ.get("NANOVL_CONTAINER_PYTHON", ROOT / ".venv-container" / "bin" / "python"))
+    if not python.is_file():
+        pytest.fail(f"{python} does not exist: `make test` creates it (tests/container-requirements.txt)")
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "NANOVL_TRITON_URL": f"127.0.0.1:{stack.grpc_port}",
+           "NANOVL_CHECKPOINT": str(stack.checkpoint)}
+    process = subprocess.Popen([str(python), "-m", "frontend", "--host", "127.0.0.1", "--port", str(port)],
+                               cwd=ROOT, env=env)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/health/ready", deadline_s=60, process=process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ def test_config_has_the_real_models_keys(tiny_checkpoint):
         assert (tiny_checkpoint / name).is_file()
 
 
+@pytest.mark.needs_torch
 def test_weights_use_the_real_names(tiny_checkpoint):
     with safe_open(tiny_checkpoint / "model.safetensors", framework="pt") as handle:
         keys = set(handle.keys())
@@ -46,6 +47,7 @@ def test_chat_template_is_llama31_without_forced_system(tokenizer):
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+@pytest.mark.needs_torch
 def test_generation_is_deterministic_from_the_seed(tmp_path):
     import tiny_checkpoint as generator
 

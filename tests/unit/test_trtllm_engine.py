@@ -6,7 +6,6 @@ import queue
 
 import numpy as np
 import pytest
-import torch
 
 from nanovl.engine import trtllm
 from nanovl.engine.request import GenerationRequest, SamplingParams
@@ -19,7 +18,6 @@ EOT, EOS = 9, 1
 def fake(monkeypatch, config):
     module = fake_trtllm.install(monkeypatch)
     monkeypatch.setattr(module.Executor, "vocab_size", config.vocab_size)
-    monkeypatch.setattr(module.Executor, "table_dtype", torch.bfloat16)
     return module
 
 
@@ -84,7 +82,11 @@ def test_logprobs_follow_each_streamed_token(fake, config, tmp_path):
     assert [lp.logprob for o in got for lp in o.logprobs] == [-0.5, -1.5, -2.5]
 
 
-def test_an_image_prompt_sends_its_table_in_the_engine_dtype(fake, config, tmp_path):
+@pytest.mark.needs_torch
+def test_an_image_prompt_sends_its_table_in_the_engine_dtype(fake, config, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(fake.Executor, "table_dtype", torch.bfloat16)
     vocab, hidden = config.vocab_size, config.llm_hidden_size
     ids = np.array([5, vocab, vocab + 1, vocab + 2, 6, EOT], np.int32)
     table = np.random.default_rng(0).standard_normal((3, hidden)).astype(np.float32)
