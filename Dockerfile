@@ -32,12 +32,14 @@ COPY deploy/entrypoint.sh deploy/serve-requirements.txt ./deploy/
 #   TensorRT-LLM 0.14's pins), on a CPU.
 RUN pip install --no-cache-dir --no-deps -e . \
     && pip install --no-cache-dir -r deploy/serve-requirements.txt
-# - /opt/nanovl/pytorch-venv sees the container's packages (its CUDA torch) with transformers 5 and the ONNX
-#   tools on top: the vision export of `make engine`, and serving without engines (PyTorch reference engine
-#   and vision encoder on CUDA).
+# - /opt/nanovl/pytorch-venv sees the container's packages with transformers 5 and the ONNX tools on top: the
+#   vision export of `make engine`, and serving without engines (PyTorch reference engine and vision encoder on
+#   CUDA). transformers 5 turns PyTorch off below 2.6 (RadioModel then refuses to load) and the container's
+#   torch is 2.4, so the venv has a torch of its own: PyPI's CUDA 12.8 build, which CUDA 12.x drivers run, with
+#   its matching torchvision (the container's was built for 2.4 and would fail to load beside it).
 RUN python3 -m venv --system-site-packages /opt/nanovl/pytorch-venv \
-    && /opt/nanovl/pytorch-venv/bin/pip install --no-cache-dir 'numpy<2' 'transformers>=5,<6' 'tokenizers>=0.21' \
-        'onnx>=1.16' 'onnxscript>=0.2' 'onnxruntime>=1.18'
+    && /opt/nanovl/pytorch-venv/bin/pip install --no-cache-dir torch==2.9.1 torchvision==0.24.1 'numpy<2' \
+        'transformers>=5,<6' 'tokenizers>=0.21' 'onnx>=1.16' 'onnxscript>=0.2' 'onnxruntime>=1.18'
 
 # The container's tritonserver, not the CPU wheel's; the checkpoint is mounted at /models/checkpoint.
 ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \

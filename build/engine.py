@@ -19,9 +19,10 @@ older than the 5.x whose RadioModel the PyTorch encoder uses; the export runs in
 (--export-python, $NANOVL_EXPORT_PYTHON; the Dockerfile makes one). --vision pytorch keeps the PyTorch encoder
 (bf16, CUDA) where transformers 5 is installed. Whether TensorRT beats PyTorch here is not measured yet
 (`make bench-gpu` measures PyTorch against the device's peak).
-Flags checked against TensorRT-LLM's sources on its main branch (tensorrt_llm/commands/build.py,
-examples/models/core/llama/convert_checkpoint.py); the container ships 0.14, whose example scripts live one
-level up (examples/llama/), which _example() resolves. Not yet run on a GPU.
+Flags checked against TensorRT-LLM's sources of the 0.14 release (tensorrt_llm/commands/build.py, plugin/plugin.py,
+builder.py, examples/llama/convert_checkpoint.py, examples/quantization/quantize.py, read at main-branch commits
+from either side of the 0.14 branch cut and a 0.14.0.dev fork); the container ships 0.14, whose example scripts
+live in examples/llama/, later ones in examples/models/core/, which _example() resolves. Not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -40,21 +41,23 @@ sys.path.insert(0, str(ROOT))
 
 from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
 from nanovl.errors import ServerError  # noqa: E402
-from nanovl.triton_config import BATCHED, DEFAULT_PARAMETERS  # noqa: E402
+from nanovl.triton_config import DEFAULT_PARAMETERS  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
 DTYPES = ("bfloat16", "fp8")
 DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples")
-# Paged context FMHA needs max_num_tokens to be a multiple of the KV block size (trtllm-build's
-# --tokens_per_block, 64 unless set); 8192 tokens per step keeps a 16K prompt to two chunks.
+# Chunked context cuts a prompt into whole KV blocks (trtllm-build's --tokens_per_block, 64 unless set): a step
+# budget that is a multiple of it wastes none (trtllm-build itself does not ask for one); 8192 tokens per step
+# keeps a 16K prompt to two chunks.
 KV_BLOCK_TOKENS = 64
 DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
 VISION_ENGINES = ("tensorrt", "pytorch")
 DEFAULT_PREPROCESSING_INSTANCES = 8
-# Tiles one TensorRT vision call takes: the stage's largest dynamic batch of requests, each with its most images
-# of the most tiles (thumbnail included); TensorRT tunes for one 13-tile image.
+# TensorRT tunes the vision engine for one 13-tile image. Its largest call is one request's most images of the
+# most tiles (thumbnail included): a batch of several requests runs in calls of that size (TensorRTVision), and
+# TensorRT reserves activation memory for its largest call when it loads, beside the LLM's KV cache.
 OPT_VISION_TILES = 13
 
 
@@ -153,7 +156,7 @@ def prompt_table_rows(config: CheckpointConfig, max_batch: int) -> int:
 
 def max_vision_tiles() -> int:
     limits = DEFAULT_PARAMETERS["preprocessing"]
-    return BATCHED["vision_encoder"][0] * int(limits["max_images"]) * (int(limits["max_tiles"]) + 1)
+    return int(limits["max_images"]) * (int(limits["max_tiles"]) + 1)
 
 
 def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> tuple[list[Command], list[str]]:
@@ -220,11 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS, help="tokens per step")
     # Of the GPU memory free when the Executor starts. Triton loads the stages in no set order: if the vision
-    # engine comes second it has the other 20 % (up to 208 tiles of ViT-H activations need a few GB).
+    # engine comes second it has the other 20 % (ViT-H activations for 52 tiles, its largest call).
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8, help="free GPU memory for the KV cache")
     parser.add_argument("--calib-size", type=int, default=512, help="fp8 calibration samples")
     parser.add_argument("--calib-dataset", default=None,
-                        help="fp8: a local calibration dataset (default: quantize.py's, fetched from the Hub)")
+                        help="fp8: a local calibration dataset, a directory that datasets.load_dataset reads with "
+                             "a train split and a 'text' column (default: quantize.py's, fetched from the Hub)")
     parser.add_argument("--vision", choices=VISION_ENGINES, default="tensorrt", help="the vision encoder's engine")
     # Fetching, decoding and tiling run on the CPU, ~20 1080p images/s an instance (docs/perf.md); a GPU encodes
     # far more, and GPU hosts have the cores.
@@ -239,7 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_num_tokens % KV_BLOCK_TOKENS:
-        parser.error(f"--max-num-tokens must be a multiple of {KV_BLOCK_TOKENS} (paged context FMHA)")
+        parser.error(f"--max-num-tokens must be a multiple of {KV_BLOCK_TOKENS}, the KV block size chunked context cuts by")
+    if args.calib_dataset and "cnn_dailymail" in args.calib_dataset:
+        # quantize.py (0.14) checks for that name before it looks for a directory, and fetches the Hub's.
+        parser.error("--calib-dataset: quantize.py takes any path holding 'cnn_dailymail' for the Hub's "
+                     "dataset; rename the directory")
     return args
 
 
@@ -260,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         # The stages serve under this Python (TensorRT-LLM's); the PyTorch encoder needs RadioModel.
         print("make engine: VISION=pytorch needs transformers >= 5 (RadioModel) in the Python that serves the "
               f"TensorRT-LLM engine; this one has {major or 'none'}: use VISION=tensorrt", file=sys.stderr)
+        return 2
+    if args.calib_dataset and not args.dry_run and not Path(args.calib_dataset).is_dir():
+        # quantize.py reads a local dataset only from a directory; anything else fails after the conversion.
+        print(f"make engine: --calib-dataset {args.calib_dataset} is not a directory (datasets.load_dataset "
+              "reads it: a train split with a 'text' column)", file=sys.stderr)
         return 2
     try:
         config = validate(args.checkpoint)

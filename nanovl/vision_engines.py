@@ -9,6 +9,7 @@ onnxruntime and tensorrt are imported only when selected.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ import numpy as np
 from .checkpoint import CheckpointConfig
 from .errors import ServerError
 
+log = logging.getLogger(__name__)
 ENGINES = ("pytorch", "onnxruntime", "tensorrt")
 # Graph input and output names, shared by the exporter and the runtimes.
 TILES, EMBEDDINGS = "tiles", "embeddings"
@@ -77,6 +79,24 @@ class OnnxVision:
         return self.session.run([EMBEDDINGS], {TILES: tiles.astype(np.float32)})[0].astype(np.float32, copy=False)
 
 
+def cuda_device(torch, name: str):
+    """The CUDA device a stage parameter names, with its index: torch.cuda.set_device refuses a bare "cuda".
+    "cpu" (the stages' default) means the current CUDA device, since TensorRT runs only there."""
+    device = torch.device(name if name.startswith("cuda") else "cuda")
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+_TRT_LOGGER = None
+
+
+def trt_logger(trt):
+    """One TensorRT logger a process: the build and the check of `make engine` both run in one."""
+    global _TRT_LOGGER
+    if _TRT_LOGGER is None:
+        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _TRT_LOGGER
+
+
 class TensorRTVision:
     """A TensorRT engine with a dynamic tile batch; a batch above its profile's maximum runs in chunks."""
 
@@ -90,18 +110,24 @@ class TensorRTVision:
         import torch
 
         self.torch = torch
-        self.device = torch.device(settings.device if settings.device.startswith("cuda") else "cuda")
+        self.device = cuda_device(torch, settings.device)
         torch.cuda.set_device(self.device)   # the engine deserializes onto the current device
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        self.engine = trt.Runtime(trt_logger(trt)).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise ServerError(f"{settings.vision_engine_path}: not a TensorRT engine this TensorRT can load")
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
+        found = {name: self.engine.get_tensor_dtype(name) for name in (TILES, EMBEDDINGS)}
+        if any(dtype not in dtypes for dtype in found.values()):
+            raise ServerError(f"{plan}: tensor types {found}; the vision stage feeds and reads float tensors")
+        # The export's graph takes float32 pixels; a graph exported in another float type gets its own.
+        self.in_dtype, self.out_dtype = dtypes[found[TILES]], dtypes[found[EMBEDDINGS]]
+        # Activation memory for the profile's largest batch is taken now, beside the LLM's KV cache.
+        log.info("vision TensorRT engine %s: %.2f GiB of activation memory", plan,
+                 self.engine.device_memory_size_v2 / 2**30)
         self.context = self.engine.create_execution_context()
         # A stream of its own: TensorRT syncs (and warns) when it is handed the default stream.
         self.stream = torch.cuda.Stream(self.device)
         self.max_tiles = self.engine.get_tensor_profile_shape(TILES, 0)[2][0]
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
-        self.out_dtype = dtypes[self.engine.get_tensor_dtype(EMBEDDINGS)]
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         if not len(tiles):
@@ -112,13 +138,14 @@ class TensorRTVision:
         torch = self.torch
         with torch.cuda.stream(self.stream):
             # uint8 over the bus, then float on the device: the graph takes float pixels (vision_export).
-            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).float()
+            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).to(self.in_dtype)
             if not self.context.set_input_shape(TILES, tuple(x.shape)):
                 raise ServerError(f"the TensorRT vision engine refused input shape {tuple(x.shape)}")
             shape = tuple(self.context.get_tensor_shape(EMBEDDINGS))
             out = torch.empty(shape, dtype=self.out_dtype, device=self.device)
-            self.context.set_tensor_address(TILES, x.data_ptr())
-            self.context.set_tensor_address(EMBEDDINGS, out.data_ptr())
+            if not (self.context.set_tensor_address(TILES, x.data_ptr())
+                    and self.context.set_tensor_address(EMBEDDINGS, out.data_ptr())):
+                raise ServerError("the TensorRT vision engine refused a tensor address")
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise ServerError("the TensorRT vision engine failed to run")
             result = out.float().cpu()   # waits for the stream

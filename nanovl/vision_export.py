@@ -2,7 +2,7 @@
 onnxruntime, and a TensorRT engine built from it (GPU only).
 
     python -m nanovl.vision_export --checkpoint DIR --onnx FILE.onnx [--export] [--check] [--tensorrt FILE.plan]
-                                   [--max-tiles 208] [--opt-tiles 13]
+                                   [--max-tiles 52] [--opt-tiles 13]
 
 The three steps can run in different environments: exporting needs transformers >= 5 (RadioModel), building
 needs TensorRT, and NVIDIA's TensorRT-LLM container pins an older transformers (Dockerfile).
@@ -23,7 +23,7 @@ import numpy as np
 
 from .checkpoint import CheckpointConfig, load_config
 from .errors import ServerError
-from .vision_engines import EMBEDDINGS, TILES, OnnxVision, TensorRTVision, TorchVision, VisionSettings
+from .vision_engines import EMBEDDINGS, TILES, OnnxVision, TensorRTVision, TorchVision, VisionSettings, trt_logger
 
 log = logging.getLogger(__name__)
 # TensorRT 10's ONNX parser reads opsets up to 20; onnxruntime reads all of these.
@@ -108,7 +108,7 @@ def build_tensorrt(config: CheckpointConfig, onnx_path: Path, plan_path: Path, *
     opt_tiles (one 13-tile image). Needs a GPU and the `tensorrt` package (NVIDIA's container has both)."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -116,7 +116,7 @@ def build_tensorrt(config: CheckpointConfig, onnx_path: Path, plan_path: Path, *
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ServerError(f"TensorRT could not parse {onnx_path}: {errors}")
     build_config = builder.create_builder_config()
-    # A weakly typed network with bf16 kernels allowed: what TensorRT 10.x (the 24.10 container's 10.5) builds.
+    # A weakly typed network with bf16 kernels allowed: what TensorRT 10.x (the 24.10 container's 10.4) builds.
     # Later TensorRT deprecates these precision flags for strongly typed networks, where the graph's own types
     # decide: a bf16 export would then be needed.
     build_config.set_flag(trt.BuilderFlag.BF16)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="export the graph (needs transformers >= 5)")
     parser.add_argument("--check", action="store_true", help="compare it with PyTorch through onnxruntime")
     parser.add_argument("--tensorrt", type=Path, help="build a TensorRT engine from it here (GPU, tensorrt)")
-    parser.add_argument("--max-tiles", type=int, default=208, help="most tiles one call takes")
+    parser.add_argument("--max-tiles", type=int, default=52, help="most tiles one call takes")
     parser.add_argument("--opt-tiles", type=int, default=13, help="the tile count TensorRT tunes for")
     args = parser.parse_args(argv)
     config = load_config(args.checkpoint)

@@ -88,13 +88,14 @@ def test_planned_repository_selects_the_engines(config, tmp_path):
     assert f'string_value: "{tmp_path / "engines" / "vision" / "vision.plan"}"' in vision
 
 
-def test_vision_plan_exports_checks_and_builds_for_the_largest_batch(config, tmp_path):
+def test_vision_plan_exports_checks_and_builds_for_the_largest_request(config, tmp_path):
     steps = _plan(config, tmp_path, "--export-python", "/opt/export/bin/python")
     export = _step(steps, "nanovl.vision_export", "--export")
     build = _step(steps, "nanovl.vision_export", "--tensorrt")
     assert export[0] == "/opt/export/bin/python" and "--check" in export and build[0] == sys.executable
-    # 4 requests a batch x 4 images x (12 tiles + thumbnail)
-    assert _value(export, "--max-tiles") == _value(build, "--max-tiles") == str(4 * 4 * 13)
+    # One request's 4 images x (12 tiles + thumbnail): a batch of requests runs in calls of that size, so TensorRT
+    # reserves activations for 52 tiles, not for the stage's whole batch of 4 requests.
+    assert _value(export, "--max-tiles") == _value(build, "--max-tiles") == str(4 * 13)
     assert _value(build, "--onnx") == _value(export, "--onnx") == str(tmp_path / "engines" / "vision" / "vision.onnx")
     assert steps.index(export) < steps.index(build) < steps.index(_step(steps, "nanovl.triton_config"))
 
@@ -206,3 +207,16 @@ def test_max_num_tokens_must_be_a_multiple_of_the_kv_block(config, tmp_path, cap
     with pytest.raises(SystemExit):
         make_engine.parse_args(["--checkpoint", str(config.path), "--out", str(tmp_path), "--max-num-tokens", "1000"])
     assert "multiple of 64" in capsys.readouterr().err
+
+
+def test_a_calibration_set_must_be_a_directory_quantize_py_reads_as_local(tiny_checkpoint, tmp_path, capsys):
+    # quantize.py (0.14) loads a local set only from a directory, and takes any name holding cnn_dailymail for
+    # the Hub's: both would fail (or go online) after the conversion has started.
+    with pytest.raises(SystemExit):
+        make_engine.parse_args(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--dtype", "fp8",
+                                "--calib-dataset", str(tmp_path / "cnn_dailymail")])
+    assert "holding 'cnn_dailymail'" in capsys.readouterr().err
+    (tmp_path / "calib.jsonl").write_text('{"text": "x"}\n')
+    assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dtype", "fp8",
+                             "--calib-dataset", str(tmp_path / "calib.jsonl")]) == 2
+    assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "out").exists()
