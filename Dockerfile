@@ -53,4 +53,5 @@ ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \
 RUN python3 -m nanovl.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16 \
         --instances preprocessing=8
 EXPOSE 8000 8001 8002
-ENTRYPOINT ["/opt/nanovl/deploy/entrypoint.sh"]
+# NVIDIA's entrypoint first: it runs the image's driver checks (CUDA forward compatibility on older drivers).
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "/opt/nanovl/deploy/entrypoint.sh"]

@@ -61,12 +61,26 @@ def prepare_server(workdir: Path) -> Path:
     return dist
 
 
+# Folders the dynamic loader searches anyway (Debian and Ubuntu: ld.so.conf has /usr/local/lib).
+SYSTEM_LIBRARY_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
+
+
+def library_path(environ, python_libdir: str | None) -> str:
+    """LD_LIBRARY_PATH for tritonserver and its stubs. The stub links libpython: a pyenv-style Python keeps it in
+    its own LIBDIR, which goes in; a system Python's LIBDIR (/usr/lib/x86_64-linux-gnu) is searched anyway, and
+    naming it first would put the apt copies of cuDNN and NCCL in NVIDIA's containers ahead of the CUDA
+    libraries their own LD_LIBRARY_PATH lists. With the wheel's tritonserver, its bundled libraries go first."""
+    existing = [p for p in environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    system = python_libdir and any(python_libdir == d or python_libdir.startswith(d + "/") for d in SYSTEM_LIBRARY_DIRS)
+    libdir = [python_libdir] if python_libdir and not system else []
+    if environ.get(TRITONSERVER_ENV):
+        return ":".join(existing + [p for p in libdir if p not in existing])
+    return ":".join([str(_pytriton_dir().parent / "nvidia_pytriton.libs"), *libdir, *existing])
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    libs = [sysconfig.get_config_var("LIBDIR") or ""]
-    if not env.get(TRITONSERVER_ENV):
-        libs.insert(0, str(_pytriton_dir().parent / "nvidia_pytriton.libs"))
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in libs + [env.get("LD_LIBRARY_PATH", "")] if p)
+    env["LD_LIBRARY_PATH"] = library_path(env, sysconfig.get_config_var("LIBDIR"))
     # The stub's embedded interpreter runs the first python3 on PATH: make it this environment's.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("PYTHONPATH", str(ROOT))

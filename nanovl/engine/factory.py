@@ -35,6 +35,7 @@ class EngineSettings:
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_chunked_context: bool = True
     enable_kv_cache_reuse: bool = False
+    executor_worker_path: str = ""   # tensor parallelism: "" finds TensorRT-LLM's executorWorker
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "EngineSettings":
@@ -50,7 +51,8 @@ class EngineSettings:
                    kv_cache_free_gpu_memory_fraction=float(params.get("kv_cache_free_gpu_memory_fraction",
                                                                       cls.kv_cache_free_gpu_memory_fraction)),
                    enable_chunked_context=parameter_flag(params, "enable_chunked_context", cls.enable_chunked_context),
-                   enable_kv_cache_reuse=parameter_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse))
+                   enable_kv_cache_reuse=parameter_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse),
+                   executor_worker_path=params.get("executor_worker_path", cls.executor_worker_path))
 
 
 def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
@@ -77,6 +79,7 @@ def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: 
                                 max_num_tokens=settings.max_step_tokens,
                                 kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
                                 enable_chunked_context=settings.enable_chunked_context,
-                                enable_kv_cache_reuse=settings.enable_kv_cache_reuse)
+                                enable_kv_cache_reuse=settings.enable_kv_cache_reuse,
+                                executor_worker_path=settings.executor_worker_path)
         return TrtLlmEngine(options, config, on_output).start()
     raise ServerError(f"engine {settings.engine!r} is not available (choose from {', '.join(ENGINES)})")

@@ -57,6 +57,22 @@ class TrtLlmOptions:
     # Block reuse keys cached blocks by token ids; image rows all look alike (ids >= vocab_size), so each
     # image-row token also carries a hash of its table (input_token_extra_ids, in 0.14 already) when reuse is on.
     enable_kv_cache_reuse: bool = False
+    executor_worker_path: str = ""               # "": TensorRT-LLM's own (executor_worker)
+
+
+# The tensorrtllm backend installs a copy of the wheel's worker here in NVIDIA's Triton containers.
+BACKEND_WORKER = Path("/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker")
+
+
+def executor_worker(configured: str, package_dir: Path) -> Path:
+    """The program the Executor spawns on each GPU in orchestrator mode: a missing one would fail later inside
+    MPI_Comm_spawn with an error that does not say what is missing."""
+    candidates = [Path(configured)] if configured else [package_dir / "bin" / "executorWorker", BACKEND_WORKER]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ServerError("tensor parallelism needs TensorRT-LLM's executorWorker, which is not at "
+                      f"{' or '.join(map(str, candidates))}; set the llm parameter executor_worker_path")
 
 
 def unsupported(params: SamplingParams) -> str | None:
@@ -247,7 +263,7 @@ class TrtLlmEngine:
             # Orchestrator mode: this process spawns one MPI worker per GPU, so tritonserver needs no mpirun.
             import tensorrt_llm
 
-            worker = Path(tensorrt_llm.__file__).parent / "bin" / "executorWorker"
+            worker = executor_worker(opts.executor_worker_path, Path(tensorrt_llm.__file__).parent)
             kwargs["parallel_config"] = tle.ParallelConfig(
                 tle.CommunicationType.MPI, tle.CommunicationMode.ORCHESTRATOR, device_ids=list(range(world)),
                 orchestrator_config=tle.OrchestratorConfig(True, str(worker)))

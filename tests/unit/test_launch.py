@@ -21,3 +21,21 @@ def test_orphan_shared_memory_regions_are_removed_and_mapped_ones_kept():
         mapping.close()
         os.close(fd)
         in_use.unlink()
+
+
+def test_the_library_path_keeps_a_containers_own_order():
+    from nanovl.launch import TRITONSERVER_ENV, library_path
+
+    ngc = {TRITONSERVER_ENV: "/opt/tritonserver", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/usr/local/tensorrt/lib"}
+    # Ubuntu's python3 (the container's): its LIBDIR is searched anyway and must not shadow the CUDA libraries.
+    assert library_path(ngc, "/usr/lib/x86_64-linux-gnu") == ngc["LD_LIBRARY_PATH"]
+    # A Python of its own (pyenv, conda): the stub needs its libpython, after the container's folders.
+    assert library_path(ngc, "/opt/conda/lib") == ngc["LD_LIBRARY_PATH"] + ":/opt/conda/lib"
+
+
+def test_the_wheels_server_gets_its_libraries_then_pythons_then_the_callers():
+    from nanovl.launch import library_path
+
+    path = library_path({"LD_LIBRARY_PATH": "/mine"}, "/root/.pyenv/versions/3.11.7/lib").split(":")
+    assert path[0].endswith("nvidia_pytriton.libs") and path[1:] == ["/root/.pyenv/versions/3.11.7/lib", "/mine"]
+    assert library_path({}, "/usr/lib/x86_64-linux-gnu").split(":")[1:] == []

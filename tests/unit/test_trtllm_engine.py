@@ -3,12 +3,14 @@ for TensorRT-LLM 0.14's Executor bindings (tests/fake_trtllm.py): everything up 
 over. The Executor itself has not run here (README, GPU deployment)."""
 import json
 import queue
+import sys
 
 import numpy as np
 import pytest
 
 from nanovl.engine import trtllm
 from nanovl.engine.request import GenerationRequest, SamplingParams
+from nanovl.errors import ServerError
 from tests import fake_trtllm
 
 EOT, EOS = 9, 1
@@ -216,7 +218,11 @@ def test_without_chunked_context_a_prompt_must_fit_one_step(fake, config, tmp_pa
     assert fake.Executor.instances[0].enqueued == []
 
 
-def test_executor_config_and_tensor_parallel_orchestrator(fake, config, tmp_path):
+def test_executor_config_and_tensor_parallel_orchestrator(fake, config, tmp_path, monkeypatch):
+    worker = tmp_path / "wheel" / "tensorrt_llm" / "bin" / "executorWorker"
+    worker.parent.mkdir(parents=True)
+    worker.write_text("")
+    monkeypatch.setattr(sys.modules["tensorrt_llm"], "__file__", str(worker.parent.parent / "__init__.py"))
     engine, _ = _engine(config, tmp_path, world_size=2, max_batch_size=8, max_num_tokens=4096,
                         kv_cache_free_gpu_memory_fraction=0.7)   # within what it was built for
     engine.shutdown()
@@ -226,4 +232,16 @@ def test_executor_config_and_tensor_parallel_orchestrator(fake, config, tmp_path
     assert executor_config.enable_chunked_context is True
     parallel = executor_config.parallel_config
     assert parallel.communication_mode is fake.CommunicationMode.ORCHESTRATOR and parallel.device_ids == [0, 1]
-    assert parallel.orchestrator_config.worker_executable_path == "/opt/fake/tensorrt_llm/bin/executorWorker"
+    assert parallel.orchestrator_config.worker_executable_path == str(worker)
+
+
+def test_tensor_parallelism_without_the_worker_program_fails_clearly(fake, config, tmp_path):
+    # The stand-in's tensorrt_llm lives at /opt/fake, where there is no bin/executorWorker.
+    with pytest.raises(ServerError, match="executorWorker, which is not at /opt/fake/tensorrt_llm/bin"):
+        _engine(config, tmp_path, world_size=2)
+    configured = tmp_path / "worker"
+    configured.write_text("")
+    engine, _ = _engine(config, tmp_path, world_size=2, executor_worker_path=str(configured))
+    engine.shutdown()
+    assert fake.Executor.instances[-1].config.parallel_config.orchestrator_config.worker_executable_path == \
+        str(configured)
