@@ -15,12 +15,18 @@ from nanovl.launch import ROOT, Stack, free_port, wait_for_http
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 
 
+def stack_on_free_ports(checkpoint, **options) -> Stack:
+    """A Stack (not started) whose four ports are free ones."""
+    port, grpc_port, metrics_port, http_port = (free_port() for _ in range(4))
+    return Stack(checkpoint, port=port, grpc_port=grpc_port, metrics_port=metrics_port, http_port=http_port,
+                 **options)
+
+
 @pytest.fixture(scope="session")
 def stack(tiny_checkpoint, tmp_path_factory):
     # The image-URL tests serve images from 127.0.0.1, which preprocessing refuses unless told otherwise.
     os.environ["NANOVL_ALLOW_PRIVATE_IMAGE_URLS"] = "1"
-    ports = [free_port() for _ in range(4)]
-    server = Stack(tiny_checkpoint, port=ports[0], grpc_port=ports[1], metrics_port=ports[2], http_port=ports[3])
+    server = stack_on_free_ports(tiny_checkpoint)
     server.start(deadline_s=180)
     yield server
     server.stop()

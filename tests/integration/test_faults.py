@@ -6,15 +6,14 @@ import time
 import httpx
 import pytest
 
-from nanovl.launch import Stack, free_port
+from nanovl.launch import Stack
 from nanovl.supervisor import stub_processes
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, stack_on_free_ports
 
 
 @pytest.fixture(scope="module")
 def fragile(tiny_checkpoint):
-    ports = [free_port() for _ in range(4)]
-    stack = Stack(tiny_checkpoint, port=ports[0], grpc_port=ports[1], metrics_port=ports[2], http_port=ports[3])
+    stack = stack_on_free_ports(tiny_checkpoint)
     stack.start(deadline_s=180)
     yield stack
     stack.stop()

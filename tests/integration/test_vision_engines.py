@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from nanovl.launch import Stack, free_port
 from nanovl.triton_config import write_repository
 from nanovl.vision_engines import TorchVision, VisionSettings
 from nanovl.vision_export import export_onnx
+from tests.integration.conftest import stack_on_free_ports
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,7 @@ def onnx_stage(tiny_checkpoint, config, tmp_path_factory):
                                   "checkpoint_dir": str(tiny_checkpoint)})
     for stage in ("preprocessing", "llm", "detokenizer", "ensemble"):   # this server runs the one stage
         shutil.rmtree(repository / stage)
-    ports = [free_port() for _ in range(4)]
-    server = Stack(tiny_checkpoint, port=ports[0], grpc_port=ports[1], metrics_port=ports[2], http_port=ports[3],
-                   repository=repository)
+    server = stack_on_free_ports(tiny_checkpoint, repository=repository)
     server.start_triton(deadline_s=120)
     yield server
     server.stop()

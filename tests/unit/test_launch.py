@@ -33,9 +33,11 @@ def test_the_library_path_keeps_a_containers_own_order():
     assert library_path(ngc, "/opt/conda/lib") == ngc["LD_LIBRARY_PATH"] + ":/opt/conda/lib"
 
 
-def test_the_wheels_server_gets_its_libraries_then_pythons_then_the_callers():
+def test_the_wheels_server_gets_its_libraries_then_pythons_then_the_callers(monkeypatch):
+    from nanovl import launch
     from nanovl.launch import library_path
 
+    monkeypatch.setattr(launch, "_pytriton_dir", lambda: Path("/site/pytriton"))
     path = library_path({"LD_LIBRARY_PATH": "/mine"}, "/root/.pyenv/versions/3.11.7/lib").split(":")
-    assert path[0].endswith("nvidia_pytriton.libs") and path[1:] == ["/root/.pyenv/versions/3.11.7/lib", "/mine"]
+    assert path == ["/site/nvidia_pytriton.libs", "/root/.pyenv/versions/3.11.7/lib", "/mine"]
     assert library_path({}, "/usr/lib/x86_64-linux-gnu").split(":")[1:] == []
