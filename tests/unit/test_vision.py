@@ -21,7 +21,7 @@ def reference_embeddings(config, tiles: torch.Tensor) -> torch.Tensor:
     w = {k[len("vision_model.radio_model."):]: v for k, v in load_file(str(config.path / "model.safetensors")).items()
          if k.startswith("vision_model.radio_model.")}
     mlp1 = {k: v for k, v in load_file(str(config.path / "model.safetensors")).items() if k.startswith("mlp1.")}
-    n, size = tiles.shape[0], tiles.shape[1]
+    n = tiles.shape[0]
     p, side = config.patch_size, tiles.shape[1] // config.patch_size
     x = tiles.permute(0, 3, 1, 2).double() / 255
     x = (x - w["input_conditioner.norm_mean"].double()) / w["input_conditioner.norm_std"].double()
