@@ -21,6 +21,7 @@ COPY frontend ./frontend
 COPY model_repository ./model_repository
 COPY build ./build
 COPY examples ./examples
+COPY bench ./bench
 COPY deploy/entrypoint.sh deploy/serve-requirements.txt ./deploy/
 
 # Two Pythons, because TensorRT-LLM 0.14 pins transformers <= 4.45 (and tokenizers to match) while the PyTorch
