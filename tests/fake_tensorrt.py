@@ -11,6 +11,7 @@ engine's I/O types, so a wrong pointer, shape or dtype shows in the numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import json
@@ -238,12 +239,36 @@ def _write(address: int, values: np.ndarray, dtype: DataType) -> None:
     ctypes.memmove(address, data, len(data))
 
 
+class _Stream:
+    cuda_stream = 7   # a stream of its own: the stand-in refuses the default stream (0)
+
+    def __init__(self, device):
+        self.device = device
+
+
+devices: list = []   # what TensorRTVision made the current device
+
+
+def cuda_on_cpu(setattr) -> None:
+    """CUDA replaced by the CPU for TensorRTVision (device, stream, current device), with `setattr`
+    (monkeypatch.setattr in a test, builtins.setattr in a process of its own)."""
+    import torch
+
+    from nanovl import vision_engines
+
+    setattr(vision_engines, "cuda_device", lambda torch, name: torch.device("cpu"))
+    setattr(torch.cuda, "set_device", devices.append)
+    setattr(torch.cuda, "Stream", _Stream)
+    setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+
+
 def install(monkeypatch):
-    """Puts this module in place of `tensorrt`, with fresh records of loggers and builds."""
+    """Puts this module in place of `tensorrt`, with fresh records of loggers, builds and devices."""
     module = sys.modules[__name__]
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     monkeypatch.setattr(Logger, "instances", [])
     monkeypatch.setattr(Builder, "built", [])
+    monkeypatch.setattr(module, "devices", [])
     return module
 
 

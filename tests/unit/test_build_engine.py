@@ -172,15 +172,21 @@ def _stub(path, body):
     return path
 
 
-def test_a_full_run_executes_each_step_in_order(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """Not a dry run, with stand-ins for TensorRT-LLM's tools (they need a GPU): every planned command runs,
-    and the repository step writes a repository that selects the engine."""
+def _trtllm_tools(tmp_path, monkeypatch):
+    """Stand-ins for TensorRT-LLM's tools (they need a GPU) that log their arguments -> (examples dir, log)."""
     examples, log = tmp_path / "examples", tmp_path / "steps.log"
-    script = examples / "llama" / "convert_checkpoint.py"   # run by this Python, as the real one is
+    script = examples / "llama" / "convert_checkpoint.py"   # run by the steps' Python, as the real one is
     script.parent.mkdir(parents=True)
     script.write_text(f"import sys\nopen({str(log)!r}, 'a').write(' '.join(['convert', *sys.argv[1:]]) + '\\n')\n")
     _stub(tmp_path / "bin" / "trtllm-build", f'echo build "$@" >> {log}')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    return examples, log
+
+
+def test_a_full_run_executes_each_step_in_order(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Not a dry run, with stand-ins for TensorRT-LLM's tools: every planned command runs, and the repository
+    step writes a repository that selects the engine."""
+    examples, log = _trtllm_tools(tmp_path, monkeypatch)
     out = tmp_path / "out"
     code = make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--vision", "pytorch",
                              "--trtllm-examples", str(examples)])
@@ -188,6 +194,41 @@ def test_a_full_run_executes_each_step_in_order(tiny_checkpoint, tmp_path, monke
     convert, build = log.read_text().splitlines()
     assert convert.startswith("convert --model_dir") and build.startswith("build --checkpoint_dir")
     assert 'string_value: "tensorrt_llm"' in (out / "model_repository" / "llm" / "config.pbtxt").read_text()
+
+
+TENSORRT_SHIM = """import builtins
+
+from tests import fake_tensorrt as _fake
+from tests.fake_tensorrt import *  # noqa: F401,F403
+
+_fake.cuda_on_cpu(builtins.setattr)
+"""
+
+
+def test_a_full_default_run_exports_checks_and_builds_the_vision_engine(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                        capfd):
+    """make engine as it runs by default (VISION=tensorrt): the real ONNX export and its check against PyTorch,
+    then the TensorRT build and its check, in the steps' own processes, with tests/fake_tensorrt.py as the
+    steps' `tensorrt` (CUDA replaced by the CPU) and stand-ins for TensorRT-LLM's tools."""
+    from tests import fake_tensorrt
+
+    examples, log = _trtllm_tools(tmp_path, monkeypatch)
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "tensorrt.py").write_text(TENSORRT_SHIM)
+    python = _stub(tmp_path / "bin" / "python-with-tensorrt",
+                   f'PYTHONPATH={tmp_path / "shim"}:$PYTHONPATH exec {sys.executable} "$@"')
+    out = tmp_path / "out"
+    code = make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--python", str(python),
+                             "--export-python", sys.executable, "--trtllm-examples", str(examples)])
+    printed = capfd.readouterr()
+    assert code == 0, printed.err
+    assert "onnxruntime vs PyTorch: max relative error" in printed.out
+    assert "TensorRT (bf16) vs PyTorch: max relative error" in printed.out
+    plan = fake_tensorrt.load_plan(out / "engines" / "vision" / "vision.plan")
+    assert plan["flags"] == ["BF16"] and [s[0] for s in plan["profile"]["tiles"]] == [1, 13, 52]
+    vision = (out / "model_repository" / "vision_encoder" / "config.pbtxt").read_text()
+    assert 'string_value: "tensorrt"' in vision and str(out / "engines" / "vision" / "vision.plan") in vision
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["convert", "build"]
 
 
 def test_a_failing_step_stops_the_build_and_says_which(tiny_checkpoint, tmp_path, monkeypatch, capsys):

@@ -2,8 +2,6 @@
 whose engine is the exported ONNX graph: `make engine`'s vision steps (export, check, build, check of the
 engine) and TensorRTVision (profile, chunking, tensor addresses, I/O types), up to where the GPU takes over.
 CUDA itself (device, stream) is replaced by the CPU here; `cuda_device` is tested on its own."""
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -14,23 +12,11 @@ from nanovl.vision_engines import TensorRTVision, TorchVision, VisionSettings, l
 from tests import fake_tensorrt
 
 
-class _Stream:
-    cuda_stream = 7   # a stream of its own: the stand-in refuses the default stream (0)
-
-    def __init__(self, device):
-        self.device = device
-
-
 @pytest.fixture
 def trt(monkeypatch):
     module = fake_tensorrt.install(monkeypatch)
     monkeypatch.setattr(vision_engines, "_TRT_LOGGER", None)
-    devices = []
-    monkeypatch.setattr(vision_engines, "cuda_device", lambda torch, name: torch.device("cpu"))
-    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
-    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    module.devices = devices
+    fake_tensorrt.cuda_on_cpu(monkeypatch.setattr)
     return module
 
 
