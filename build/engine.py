@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
 from nanovl.errors import ServerError  # noqa: E402
 from nanovl.triton_config import DEFAULT_PARAMETERS  # noqa: E402
+from nanovl.vision_export import max_call_tiles  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
@@ -55,9 +56,7 @@ DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
 VISION_ENGINES = ("tensorrt", "pytorch")
 DEFAULT_PREPROCESSING_INSTANCES = 8
-# TensorRT tunes the vision engine for one 13-tile image. Its largest call is one request's most images of the
-# most tiles (thumbnail included): a batch of several requests runs in calls of that size (TensorRTVision), and
-# TensorRT reserves activation memory for its largest call when it loads, beside the LLM's KV cache.
+# TensorRT tunes the vision engine for one 13-tile image; its largest call is vision_export.max_call_tiles().
 OPT_VISION_TILES = 13
 
 
@@ -154,11 +153,6 @@ def prompt_table_rows(config: CheckpointConfig, max_batch: int) -> int:
     return max_batch * int(limits["max_images"]) * tiles * config.tokens_per_tile
 
 
-def max_vision_tiles() -> int:
-    limits = DEFAULT_PARAMETERS["preprocessing"]
-    return int(limits["max_images"]) * (int(limits["max_tiles"]) + 1)
-
-
 def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> tuple[list[Command], list[str]]:
     """-> (commands that build the vision engine, the repository parameters that select it)."""
     if args.vision == "pytorch":
@@ -166,7 +160,7 @@ def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> 
     vision_dir = args.out.resolve() / "engines" / "vision"
     onnx_file, plan_file = vision_dir / "vision.onnx", vision_dir / "vision.plan"
     common = ["-m", "nanovl.vision_export", "--checkpoint", str(config.path.resolve()), "--onnx", str(onnx_file),
-              "--max-tiles", str(max_vision_tiles())]
+              "--max-tiles", str(max_call_tiles())]
     export_py = args.export_python or py
     return [Command("export the vision encoder to ONNX (dynamic tile batch), check it against PyTorch",
                     [export_py, *common, "--export", "--check"]),

@@ -61,8 +61,11 @@ def prepare_server(workdir: Path) -> Path:
     return dist
 
 
-# Folders the dynamic loader searches anyway (Debian and Ubuntu: ld.so.conf has /usr/local/lib).
-SYSTEM_LIBRARY_DIRS = ("/lib", "/usr/lib", "/usr/local/lib")
+# Folders the dynamic loader searches anyway (Debian and Ubuntu: ld.so.conf has /usr/local/lib and the
+# multiarch folders). Exact folders: a Python installed below one of them keeps its libpython apart.
+_MULTIARCH = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+SYSTEM_LIBRARY_DIRS = ("/lib", "/usr/lib", "/usr/local/lib", "/lib64", "/usr/lib64", f"/lib/{_MULTIARCH}",
+                       f"/usr/lib/{_MULTIARCH}")
 
 
 def library_path(environ, python_libdir: str | None) -> str:
@@ -71,8 +74,7 @@ def library_path(environ, python_libdir: str | None) -> str:
     naming it first would put the apt copies of cuDNN and NCCL in NVIDIA's containers ahead of the CUDA
     libraries their own LD_LIBRARY_PATH lists. With the wheel's tritonserver, its bundled libraries go first."""
     existing = [p for p in environ.get("LD_LIBRARY_PATH", "").split(":") if p]
-    system = python_libdir and any(python_libdir == d or python_libdir.startswith(d + "/") for d in SYSTEM_LIBRARY_DIRS)
-    libdir = [python_libdir] if python_libdir and not system else []
+    libdir = [python_libdir] if python_libdir and python_libdir.rstrip("/") not in SYSTEM_LIBRARY_DIRS else []
     if environ.get(TRITONSERVER_ENV):
         return ":".join(existing + [p for p in libdir if p not in existing])
     return ":".join([str(_pytriton_dir().parent / "nvidia_pytriton.libs"), *libdir, *existing])

@@ -2,7 +2,7 @@
 onnxruntime, and a TensorRT engine built from it (GPU only).
 
     python -m nanovl.vision_export --checkpoint DIR --onnx FILE.onnx [--export] [--check] [--tensorrt FILE.plan]
-                                   [--max-tiles 52] [--opt-tiles 13]
+                                   [--max-tiles 52 (max_call_tiles)] [--opt-tiles 13]
 
 The three steps can run in different environments: exporting needs transformers >= 5 (RadioModel), building
 needs TensorRT, and NVIDIA's TensorRT-LLM container pins an older transformers (Dockerfile).
@@ -34,6 +34,16 @@ MAX_RELATIVE_ERROR = 1e-3
 # The same for the bf16 TensorRT engine against the PyTorch float32 embeddings the check saved: bf16 keeps 8
 # bits of mantissa through 32 layers. A first guess, to be confirmed on a GPU.
 MAX_TENSORRT_RELATIVE_ERROR = 5e-2
+
+
+def max_call_tiles() -> int:
+    """The most tiles one vision call takes: one request's most images of the most tiles (thumbnail included).
+    A batch of several requests runs in calls of this size (TensorRTVision), and TensorRT reserves activation
+    memory for its largest call when it loads, beside the LLM's KV cache."""
+    from .triton_config import DEFAULT_PARAMETERS
+
+    limits = DEFAULT_PARAMETERS["preprocessing"]
+    return int(limits["max_images"]) * (int(limits["max_tiles"]) + 1)
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="export the graph (needs transformers >= 5)")
     parser.add_argument("--check", action="store_true", help="compare it with PyTorch through onnxruntime")
     parser.add_argument("--tensorrt", type=Path, help="build a TensorRT engine from it here (GPU, tensorrt)")
-    parser.add_argument("--max-tiles", type=int, default=52, help="most tiles one call takes")
+    parser.add_argument("--max-tiles", type=int, default=max_call_tiles(), help="most tiles one call takes")
     parser.add_argument("--opt-tiles", type=int, default=13, help="the tile count TensorRT tunes for")
     args = parser.parse_args(argv)
     config = load_config(args.checkpoint)

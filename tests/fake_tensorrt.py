@@ -152,6 +152,7 @@ class Runtime:
             raise TypeError("Runtime(logger: ILogger)")
 
     def deserialize_cuda_engine(self, serialized_engine: bytes) -> "ICudaEngine | None":
+        events.append("deserialize")
         data = bytes(serialized_engine)
         if not data.startswith(b"FAKEPLAN"):
             return None
@@ -221,11 +222,18 @@ class IExecutionContext:
 
 
 def _read(address: int, shape: tuple, dtype: DataType) -> np.ndarray:
+    """The input at `address` in the engine's input type, as the float32 the graph takes."""
     count = int(np.prod(shape))
     raw = (ctypes.c_char * (count * _ITEM_BYTES[dtype])).from_address(address)
     if dtype is DataType.FLOAT:
-        return np.frombuffer(raw, np.float32).reshape(shape).copy()
-    raise NotImplementedError(f"the stand-in reads float32 inputs, not {dtype}")
+        values = np.frombuffer(raw, np.float32)
+    elif dtype is DataType.HALF:
+        values = np.frombuffer(raw, np.float16).astype(np.float32)
+    elif dtype is DataType.BF16:
+        values = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        raise NotImplementedError(f"the stand-in reads float inputs, not {dtype}")
+    return values.reshape(shape).copy()
 
 
 def _write(address: int, values: np.ndarray, dtype: DataType) -> None:
@@ -246,7 +254,7 @@ class _Stream:
         self.device = device
 
 
-devices: list = []   # what TensorRTVision made the current device
+events: list = []   # "set_device" and "deserialize", in the order they happened
 
 
 def cuda_on_cpu(setattr) -> None:
@@ -257,18 +265,18 @@ def cuda_on_cpu(setattr) -> None:
     from nanovl import vision_engines
 
     setattr(vision_engines, "cuda_device", lambda torch, name: torch.device("cpu"))
-    setattr(torch.cuda, "set_device", devices.append)
+    setattr(torch.cuda, "set_device", lambda device: events.append("set_device"))
     setattr(torch.cuda, "Stream", _Stream)
     setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
 
 
 def install(monkeypatch):
-    """Puts this module in place of `tensorrt`, with fresh records of loggers, builds and devices."""
+    """Puts this module in place of `tensorrt`, with fresh records of loggers, builds and events."""
     module = sys.modules[__name__]
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     monkeypatch.setattr(Logger, "instances", [])
     monkeypatch.setattr(Builder, "built", [])
-    monkeypatch.setattr(module, "devices", [])
+    monkeypatch.setattr(module, "events", [])
     return module
 
 

@@ -155,6 +155,7 @@ class Executor:
     fail_token = -1         # a prompt holding it gets an error response instead of tokens
     garble_token = -1       # a prompt holding it gets a result with no beams, which nothing can read
     error_on_cancel = False  # answer a cancelled request with an error response, not a final result
+    step_seconds = 0.0      # how long a step takes, for a test that must see requests running
     instances: list["Executor"] = []
 
     def __init__(self, model_path, model_type, executor_config):
@@ -192,6 +193,8 @@ class Executor:
         if not running:
             threading.Event().wait(timeout.total_seconds() if timeout else 0.01)
             return []
+        if self.step_seconds:
+            threading.Event().wait(self.step_seconds)
         responses = [self._step(key, run) for key, run in running]
         with self.lock:
             for response in responses:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -69,10 +70,11 @@ def executor_worker(configured: str, package_dir: Path) -> Path:
     MPI_Comm_spawn with an error that does not say what is missing."""
     candidates = [Path(configured)] if configured else [package_dir / "bin" / "executorWorker", BACKEND_WORKER]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise ServerError("tensor parallelism needs TensorRT-LLM's executorWorker, which is not at "
-                      f"{' or '.join(map(str, candidates))}; set the llm parameter executor_worker_path")
+                      f"{' or '.join(map(str, candidates))} (or is not executable there); set the llm parameter "
+                      "executor_worker_path")
 
 
 def unsupported(params: SamplingParams) -> str | None:

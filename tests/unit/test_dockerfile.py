@@ -65,3 +65,20 @@ def test_requirement_files_are_copied_before_they_are_installed():
         if instruction["instruction"] == "RUN":
             for path in re.findall(r"-r\s+(\S+)", instruction["value"]):
                 assert _in_image(path, before_line=instruction["startline"]), path
+
+
+def test_what_the_image_installs_has_pyprojects_bounds():
+    """deploy/serve-requirements.txt is pyproject's runtime and serve dependencies without those TensorRT-LLM
+    brings (transformers, tokenizers) or the CPU torch: same packages, same bounds."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {r.name: r for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["serve"])
+              if r.name not in ("transformers", "tokenizers")}
+    lines = (ROOT / "deploy" / "serve-requirements.txt").read_text().splitlines()
+    installed = {r.name: r for r in (Requirement(line) for line in lines if line and not line.startswith("#"))}
+    assert set(installed) == set(wanted)
+    for name, requirement in installed.items():
+        assert (requirement.specifier, requirement.extras) == (wanted[name].specifier, wanted[name].extras), name

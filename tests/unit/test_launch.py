@@ -29,8 +29,10 @@ def test_the_library_path_keeps_a_containers_own_order():
     ngc = {TRITONSERVER_ENV: "/opt/tritonserver", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/usr/local/tensorrt/lib"}
     # Ubuntu's python3 (the container's): its LIBDIR is searched anyway and must not shadow the CUDA libraries.
     assert library_path(ngc, "/usr/lib/x86_64-linux-gnu") == ngc["LD_LIBRARY_PATH"]
-    # A Python of its own (pyenv, conda): the stub needs its libpython, after the container's folders.
-    assert library_path(ngc, "/opt/conda/lib") == ngc["LD_LIBRARY_PATH"] + ":/opt/conda/lib"
+    # A Python of its own (pyenv, conda), even below a system folder: the stub needs its libpython, after the
+    # container's folders.
+    for own in ("/opt/conda/lib", "/usr/local/lib/python-builds/3.10/lib"):
+        assert library_path(ngc, own) == f"{ngc['LD_LIBRARY_PATH']}:{own}"
 
 
 def test_the_wheels_server_gets_its_libraries_then_pythons_then_the_callers(monkeypatch):

@@ -222,6 +222,7 @@ def test_executor_config_and_tensor_parallel_orchestrator(fake, config, tmp_path
     worker = tmp_path / "wheel" / "tensorrt_llm" / "bin" / "executorWorker"
     worker.parent.mkdir(parents=True)
     worker.write_text("")
+    worker.chmod(0o755)
     monkeypatch.setattr(sys.modules["tensorrt_llm"], "__file__", str(worker.parent.parent / "__init__.py"))
     engine, _ = _engine(config, tmp_path, world_size=2, max_batch_size=8, max_num_tokens=4096,
                         kv_cache_free_gpu_memory_fraction=0.7)   # within what it was built for
@@ -241,6 +242,9 @@ def test_tensor_parallelism_without_the_worker_program_fails_clearly(fake, confi
         _engine(config, tmp_path, world_size=2)
     configured = tmp_path / "worker"
     configured.write_text("")
+    with pytest.raises(ServerError, match="or is not executable there"):
+        _engine(config, tmp_path, world_size=2, executor_worker_path=str(configured))
+    configured.chmod(0o755)
     engine, _ = _engine(config, tmp_path, world_size=2, executor_worker_path=str(configured))
     engine.shutdown()
     assert fake.Executor.instances[-1].config.parallel_config.orchestrator_config.worker_executable_path == \

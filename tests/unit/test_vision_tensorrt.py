@@ -74,7 +74,7 @@ def test_the_engine_gives_pytorchs_embeddings_in_calls_its_profile_allows(config
     want = TorchVision(config, VisionSettings(dtype="float32"))(tiles)
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert len(trt.devices) == 1   # the device is made current before the engine is loaded
+    assert trt.events == ["set_device", "deserialize"]   # the engine loads onto the device made current
 
 
 def test_a_bf16_output_is_read_as_bf16(config, trt, graph, tmp_path):
@@ -83,6 +83,15 @@ def test_a_bf16_output_is_read_as_bf16(config, trt, graph, tmp_path):
     tiles = _tiles(2, seed=1)
     want = TorchVision(config, VisionSettings(dtype="float32"))(tiles)
     np.testing.assert_allclose(engine(tiles), want, rtol=1e-2, atol=1e-2 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("io, tolerance", [(("HALF", "FLOAT"), 1e-2), (("BF16", "BF16"), 2e-2)])
+def test_inputs_are_fed_in_the_engines_input_type(config, trt, graph, tmp_path, io, tolerance):
+    # An engine built from a graph exported in a narrower float type takes its pixels in that type.
+    engine = TensorRTVision(VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", graph, config, io=io))))
+    tiles = _tiles(2, seed=2)
+    want = TorchVision(config, VisionSettings(dtype="float32"))(tiles)
+    np.testing.assert_allclose(engine(tiles), want, rtol=tolerance, atol=tolerance * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("io", [("INT32", "FLOAT"), ("FLOAT", "UINT8")])
