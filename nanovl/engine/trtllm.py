@@ -168,11 +168,11 @@ def within_build(options: TrtLlmOptions, built: dict) -> TrtLlmOptions:
     build = built.get("build_config", {})
     capped = {}
     for name in ("max_batch_size", "max_num_tokens"):
-        asked, built = getattr(options, name), build.get(name)
-        if built is not None and (asked is None or asked > built):
+        asked, limit = getattr(options, name), build.get(name)
+        if limit is not None and (asked is None or asked > limit):
             if asked is not None:
-                log.warning("%s %d is more than the engine was built for; using %d", name, asked, built)
-            capped[name] = int(built)
+                log.warning("%s %d is more than the engine was built for; using %d", name, asked, limit)
+            capped[name] = int(limit)
     return replace(options, **capped)
 
 
