@@ -48,6 +48,18 @@ def tokenizer(config):
 
 
 @pytest.fixture(scope="session")
+def vision_graph(config, tmp_path_factory) -> Path:
+    """The tiny checkpoint's vision encoder as `make engine` exports it (ONNX, 1..16 tiles) and checked against
+    PyTorch, which leaves the reference embeddings beside it: exported once for every vision runtime's tests."""
+    from nanovl import vision_export
+
+    path = tmp_path_factory.mktemp("vision") / "vision.onnx"
+    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(path), "--max-tiles", "16",
+                               "--export", "--check"]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
 def hf_llm(config):
     """The language model loaded by transformers itself, as an independent reference."""
     from transformers import LlamaConfig, LlamaForCausalLM

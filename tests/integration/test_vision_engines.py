@@ -7,16 +7,13 @@ import pytest
 
 from nanovl.triton_config import write_repository
 from nanovl.vision_engines import TorchVision, VisionSettings
-from nanovl.vision_export import export_onnx
 from tests.integration.conftest import stack_on_free_ports
 
 
 @pytest.fixture(scope="module")
-def onnx_stage(tiny_checkpoint, config, tmp_path_factory):
-    work = tmp_path_factory.mktemp("onnx-stage")
-    graph = export_onnx(config, work / "vision.onnx", max_tiles=16)
-    repository = work / "repository"
-    write_repository(repository, {"vision_engine": "onnxruntime", "vision_engine_path": str(graph),
+def onnx_stage(tiny_checkpoint, vision_graph, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("onnx-stage") / "repository"
+    write_repository(repository, {"vision_engine": "onnxruntime", "vision_engine_path": str(vision_graph),
                                   "checkpoint_dir": str(tiny_checkpoint)})
     for stage in ("preprocessing", "llm", "detokenizer", "ensemble"):   # this server runs the one stage
         shutil.rmtree(repository / stage)

@@ -26,7 +26,8 @@ def test_orphan_shared_memory_regions_are_removed_and_mapped_ones_kept():
 def test_the_library_path_keeps_a_containers_own_order():
     from nanovl.launch import TRITONSERVER_ENV, library_path
 
-    ngc = {TRITONSERVER_ENV: "/opt/tritonserver", "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/usr/local/tensorrt/lib"}
+    ngc = {TRITONSERVER_ENV: "/opt/tritonserver",
+           "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib:/usr/local/tensorrt/lib"}
     # Ubuntu's python3 (the container's): its LIBDIR is searched anyway and must not shadow the CUDA libraries.
     assert library_path(ngc, "/usr/lib/x86_64-linux-gnu") == ngc["LD_LIBRARY_PATH"]
     # A Python of its own (pyenv, conda), even below a system folder: the stub needs its libpython, after the

@@ -12,16 +12,8 @@ from nanovl.vision_engines import (EMBEDDINGS, TILES, OnnxVision, TorchVision, V
                                    load_vision_engine)
 
 
-@pytest.fixture(scope="module")
-def graph(config, tmp_path_factory):
-    path = tmp_path_factory.mktemp("vision") / "vision.onnx"
-    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(path), "--max-tiles", "16",
-                               "--export", "--check"]) == 0
-    return path
-
-
-def test_the_graph_takes_any_tile_count_as_float_pixels(graph):
-    model = onnx.load(str(graph), load_external_data=False)
+def test_the_graph_takes_any_tile_count_as_float_pixels(vision_graph):
+    model = onnx.load(str(vision_graph), load_external_data=False)
     (tiles,), (embeddings,) = model.graph.input, model.graph.output
     assert (tiles.name, embeddings.name) == (TILES, EMBEDDINGS)
     # Not uint8: TensorRT takes a uint8 input only straight into a Cast, and the graph also reads its shape.
@@ -32,21 +24,22 @@ def test_the_graph_takes_any_tile_count_as_float_pixels(graph):
     assert model.opset_import[0].version == vision_export.OPSET <= 20   # TensorRT 10's parser reads up to 20
 
 
-def test_the_check_leaves_a_reference_for_the_tensorrt_build(config, graph):
-    saved = np.load(vision_export.reference_file(graph))
+def test_the_check_leaves_a_reference_for_the_tensorrt_build(config, vision_graph):
+    saved = np.load(vision_export.reference_file(vision_graph))
     assert saved["tiles"].dtype == np.uint8 and saved["embeddings"].shape[1:] == (config.tokens_per_tile,
                                                                                   config.llm_hidden_size)
     reference = TorchVision(config, VisionSettings(dtype="float32"))(saved["tiles"])
     assert vision_export.relative_error(saved["embeddings"], reference) < 1e-6
 
 
-def test_onnxruntime_gives_the_pytorch_embeddings(config, graph):
-    assert vision_export.check_onnx(config, graph, (1, 2, 5)) < 1e-5
+def test_onnxruntime_gives_the_pytorch_embeddings(config, vision_graph):
+    assert vision_export.check_onnx(config, vision_graph, (1, 2, 5)) < 1e-5
 
 
-def test_the_onnxruntime_engine_equals_the_pytorch_engine(config, graph):
+def test_the_onnxruntime_engine_equals_the_pytorch_engine(config, vision_graph):
     tiles = np.random.default_rng(3).integers(0, 256, (3, 512, 512, 3), dtype=np.uint8)
-    ours = load_vision_engine(config, VisionSettings(vision_engine="onnxruntime", vision_engine_path=str(graph)))
+    ours = load_vision_engine(config, VisionSettings(vision_engine="onnxruntime",
+                                                     vision_engine_path=str(vision_graph)))
     reference = load_vision_engine(config, VisionSettings(dtype="float32"))
     assert isinstance(ours, OnnxVision) and isinstance(reference, TorchVision)
     got, want = ours(tiles), reference(tiles)
@@ -78,9 +71,9 @@ def test_the_tensorrt_engine_without_tensorrt_fails_clearly(config, tmp_path):
         load_vision_engine(config, VisionSettings("tensorrt", str(tmp_path / "vision.plan")))
 
 
-def test_a_graph_that_differs_from_pytorch_is_refused(config, graph, tmp_path, monkeypatch, capsys):
+def test_a_graph_that_differs_from_pytorch_is_refused(config, vision_graph, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vision_export, "check_onnx", lambda *a: 0.5)
-    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(graph), "--check"]) == 1
+    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(vision_graph), "--check"]) == 1
     assert "differs from PyTorch" in capsys.readouterr().err
 
 

@@ -1,7 +1,7 @@
 """The vision encoder's TensorRT path on CPU, against a strict stand-in for TensorRT 10.4 (tests/fake_tensorrt.py)
-whose engine is the exported ONNX graph: `make engine`'s vision steps (export, check, build, check of the
-engine) and TensorRTVision (profile, chunking, tensor addresses, I/O types), up to where the GPU takes over.
-CUDA itself (device, stream) is replaced by the CPU here; `cuda_device` is tested on its own."""
+whose engine is the exported ONNX graph: `make engine`'s vision steps (check, build, check of the engine) and
+TensorRTVision (profile, chunking, tensor addresses, I/O types), up to where the GPU takes over. CUDA itself
+(device, stream) is replaced by the CPU here; `cuda_device` is tested on its own."""
 import numpy as np
 import pytest
 import torch
@@ -20,13 +20,6 @@ def trt(monkeypatch):
     return module
 
 
-@pytest.fixture(scope="module")
-def graph(config, tmp_path_factory):
-    path = tmp_path_factory.mktemp("vision-trt") / "vision.onnx"
-    vision_export.export_onnx(config, path, max_tiles=8)
-    return path
-
-
 def _plan(path, graph, config, *, max_tiles=4, io=("FLOAT", "FLOAT")):
     side = config.image_size
     plan = {"onnx": str(graph), "flags": ["BF16"], "io": {"tiles": io[0], "embeddings": io[1]},
@@ -39,10 +32,11 @@ def _tiles(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 512, 512, 3), dtype=np.uint8)
 
 
-def test_make_engines_vision_steps_build_the_engine_and_check_it(config, trt, tmp_path, capsys):
-    onnx_path, plan_path = tmp_path / "vision.onnx", tmp_path / "vision.plan"
+def test_make_engines_vision_steps_build_the_engine_and_check_it(config, trt, vision_graph, tmp_path, capsys):
+    # The export itself runs in the vision_graph fixture, and as a step of its own in test_build_engine.
+    onnx_path, plan_path = vision_graph, tmp_path / "vision.plan"
     assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(onnx_path), "--max-tiles", "6",
-                               "--opt-tiles", "13", "--export", "--check", "--tensorrt", str(plan_path)]) == 0
+                               "--opt-tiles", "13", "--check", "--tensorrt", str(plan_path)]) == 0
     (built,) = trt.Builder.built
     side = config.image_size
     assert built["flags"] == ["BF16"] and built["onnx"] == str(onnx_path)
@@ -55,18 +49,19 @@ def test_make_engines_vision_steps_build_the_engine_and_check_it(config, trt, tm
     assert len(trt.Logger.instances) == 1   # the build and the check share the process's logger
 
 
-def test_an_engine_that_differs_from_pytorch_is_refused(config, trt, graph, tmp_path, monkeypatch, capsys):
-    vision_export.check_onnx(config, graph)   # leaves the reference embeddings beside the graph
-    monkeypatch.setattr(vision_export, "build_tensorrt", lambda config, onnx, plan, **kw: _plan(plan, graph, config))
+def test_an_engine_that_differs_from_pytorch_is_refused(config, trt, vision_graph, tmp_path, monkeypatch, capsys):
+    # The fixture's check left the reference embeddings beside the graph.
+    monkeypatch.setattr(vision_export, "build_tensorrt",
+                        lambda config, onnx, plan, **kw: _plan(plan, vision_graph, config))
     monkeypatch.setattr(vision_export, "relative_error", lambda ours, reference: 0.5)
-    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(graph), "--tensorrt",
+    assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(vision_graph), "--tensorrt",
                                str(tmp_path / "v.plan")]) == 1
     assert "differs from PyTorch" in capsys.readouterr().err
 
 
-def test_the_engine_gives_pytorchs_embeddings_in_calls_its_profile_allows(config, trt, graph, tmp_path):
-    engine = load_vision_engine(config, VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", graph, config)),
-                                                       device="cuda"))
+def test_the_engine_gives_pytorchs_embeddings_in_calls_its_profile_allows(config, trt, vision_graph, tmp_path):
+    plan = _plan(tmp_path / "v.plan", vision_graph, config)
+    engine = load_vision_engine(config, VisionSettings("tensorrt", str(plan), device="cuda"))
     assert isinstance(engine, TensorRTVision) and engine.max_tiles == 4
     tiles = _tiles(9)
     got = engine(tiles)
@@ -77,8 +72,8 @@ def test_the_engine_gives_pytorchs_embeddings_in_calls_its_profile_allows(config
     assert trt.events == ["set_device", "deserialize"]   # the engine loads onto the device made current
 
 
-def test_a_bf16_output_is_read_as_bf16(config, trt, graph, tmp_path):
-    plan = _plan(tmp_path / "v.plan", graph, config, io=("FLOAT", "BF16"))
+def test_a_bf16_output_is_read_as_bf16(config, trt, vision_graph, tmp_path):
+    plan = _plan(tmp_path / "v.plan", vision_graph, config, io=("FLOAT", "BF16"))
     engine = TensorRTVision(VisionSettings("tensorrt", str(plan)))
     tiles = _tiles(2, seed=1)
     want = TorchVision(config, VisionSettings(dtype="float32"))(tiles)
@@ -86,18 +81,18 @@ def test_a_bf16_output_is_read_as_bf16(config, trt, graph, tmp_path):
 
 
 @pytest.mark.parametrize("io, tolerance", [(("HALF", "FLOAT"), 1e-2), (("BF16", "BF16"), 2e-2)])
-def test_inputs_are_fed_in_the_engines_input_type(config, trt, graph, tmp_path, io, tolerance):
+def test_inputs_are_fed_in_the_engines_input_type(config, trt, vision_graph, tmp_path, io, tolerance):
     # An engine built from a graph exported in a narrower float type takes its pixels in that type.
-    engine = TensorRTVision(VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", graph, config, io=io))))
+    engine = TensorRTVision(VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", vision_graph, config, io=io))))
     tiles = _tiles(2, seed=2)
     want = TorchVision(config, VisionSettings(dtype="float32"))(tiles)
     np.testing.assert_allclose(engine(tiles), want, rtol=tolerance, atol=tolerance * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("io", [("INT32", "FLOAT"), ("FLOAT", "UINT8")])
-def test_an_engine_with_other_than_float_io_is_refused(config, trt, graph, tmp_path, io):
+def test_an_engine_with_other_than_float_io_is_refused(config, trt, vision_graph, tmp_path, io):
     with pytest.raises(ServerError, match="feeds and reads float tensors"):
-        TensorRTVision(VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", graph, config, io=io))))
+        TensorRTVision(VisionSettings("tensorrt", str(_plan(tmp_path / "v.plan", vision_graph, config, io=io))))
 
 
 def test_a_file_that_is_not_an_engine_is_refused(trt, tmp_path):
