@@ -51,7 +51,7 @@ ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \
     PYTHONPATH=/opt/nanovl
 # Without engines: the PyTorch reference engine and vision encoder on cuda in bf16. With engines, point
 # NANOVL_REPOSITORY at the repository `make engine` wrote (e.g. /models/engine/model_repository).
-RUN python3 -m nanovl.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16 \
+RUN python3 -m nanovl.serving.triton_config /opt/nanovl/gpu_repository --param device=cuda --param dtype=bfloat16 \
         --instances preprocessing=8
 EXPOSE 8000 8001 8002
 # NVIDIA's entrypoint first: it runs the image's driver checks (CUDA forward compatibility on older drivers).

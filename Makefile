@@ -20,9 +20,11 @@ CVENV ?= .venv-container
 CSTAMP := $(CVENV)/.installed
 # Every unit test file runs there but those of code the image's python3 does not run or that need torch at import:
 # a new file is in the container run unless it is named here.
-MAIN_ONLY_TESTS := bench_gpu bench_vision build_engine container_python deploy dockerfile engine vision vision_export \
+MAIN_ONLY_TESTS := bench_gpu bench_vision build_engine container_python deploy dockerfile reference vision vision_export \
 	vision_tensorrt
-CONTAINER_TESTS := $(filter-out $(MAIN_ONLY_TESTS:%=tests/unit/test_%.py),$(sort $(wildcard tests/unit/test_*.py)))
+LAYERS := core engine serving frontend tooling
+CONTAINER_TESTS := $(filter-out $(foreach t,$(MAIN_ONLY_TESTS),$(LAYERS:%=tests/%/test_$(t).py)),\
+	$(sort $(foreach layer,$(LAYERS),$(wildcard tests/$(layer)/test_*.py))))
 # The venv's Python where there is one; the container's python3 inside the GPU image (bench-gpu there takes
 # $NANOVL_PYTORCH_PYTHON, the image's venv with transformers 5).
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
@@ -49,7 +51,7 @@ $(TINY)/config.json: $(STAMP) build/tiny_checkpoint.py
 checkpoint: $(TINY)/config.json ## Generate the tiny random-weight checkpoint in the real format
 
 serve: $(STAMP) $(if $(filter $(TINY),$(CHECKPOINT)),$(TINY)/config.json) ## Serve CHECKPOINT: OpenAI API on :8000, Triton gRPC :8001, metrics :8002
-	$(BIN)/python -m nanovl.launch --checkpoint $(CHECKPOINT) --port $(PORT)
+	$(BIN)/python -m nanovl.serving.launch --checkpoint $(CHECKPOINT) --port $(PORT)
 
 $(CSTAMP): tests/container-requirements.txt deploy/serve-requirements.txt
 	@$(CONTAINER_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 10) or print(f"WARNING: no Python 3.10 found (set CONTAINER_PYTHON): the container run uses Python {sys.version.split()[0]}, not the image'"'"'s 3.10")'
@@ -67,8 +69,8 @@ test-container: $(CSTAMP) $(TINY)/config.json ## The tests of what the GPU image
 	$(CVENV)/bin/python -m compileall -q nanovl frontend model_repository build bench examples
 	NANOVL_TEST_CHECKPOINT=$(abspath $(TINY)) $(CVENV)/bin/python -m pytest -q -m "not needs_torch" $(CONTAINER_TESTS)
 
-configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/tensors.py
-	$(BIN)/python -m nanovl.triton_config model_repository
+configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/serving/tensors.py
+	$(BIN)/python -m nanovl.serving.triton_config model_repository
 
 engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, CALIB_DATASET, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
 	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)

@@ -17,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "build")]
 
-from nanovl.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
-from nanovl.engine.engine import ReferenceEngine  # noqa: E402
+from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
+from nanovl.engine.reference import ReferenceEngine  # noqa: E402
 from nanovl.engine.factory import EngineSettings  # noqa: E402
 from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
 from nanovl.engine.runner import ModelRunner  # noqa: E402

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "build")]
 
 import tiny_checkpoint  # noqa: E402
-from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
-from nanovl.engine.engine import ReferenceEngine  # noqa: E402
+from nanovl.core.checkpoint import CheckpointConfig, load_config  # noqa: E402
+from nanovl.engine.reference import ReferenceEngine  # noqa: E402
 from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
 from nanovl.engine.runner import ModelRunner  # noqa: E402
-from nanovl.vision import load_vision  # noqa: E402
+from nanovl.core.vision import load_vision  # noqa: E402
 
 PARTS = ("peak", "vision", "prefill", "decode")
 

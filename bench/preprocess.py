@@ -3,7 +3,7 @@
     python bench/preprocess.py [--seconds 2]
 
 Reference (vLLM's processor, spelled out): PIL resize of the whole image, a PIL crop per tile, a float
-conversion per tile ([3, S, S] in [0, 1]), and the thumbnail. Ours: nanovl.tiling.tile_image (uint8 tiles,
+conversion per tile ([3, S, S] in [0, 1]), and the thumbnail. Ours: nanovl.core.tiling.tile_image (uint8 tiles,
 one strided copy). Both start from the decoded RGB image; the decode column is the same for both and is
 shown apart. Tiles are checked identical before timing.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nanovl.images import decode_image
-from nanovl.tiling import RESAMPLE, choose_grid, tile_image
+from nanovl.core.images import decode_image
+from nanovl.core.tiling import RESAMPLE, choose_grid, tile_image
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from nanovl.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
+from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
 from nanovl.engine.factory import EngineSettings, build_engine  # noqa: E402
 from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
-from nanovl.launch import Stack, free_port, wait_for_http  # noqa: E402
-from nanovl.prompt import build_input_ids, parse_messages  # noqa: E402
+from nanovl.serving.launch import Stack, free_port, wait_for_http  # noqa: E402
+from nanovl.core.prompt import build_input_ids, parse_messages  # noqa: E402
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from nanovl.launch import Stack, free_port  # noqa: E402
-from nanovl.supervisor import stub_processes  # noqa: E402
+from nanovl.serving.launch import Stack, free_port  # noqa: E402
+from nanovl.serving.supervisor import stub_processes  # noqa: E402
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 IMAGE_SIZES = ((512, 512), (1024, 512), (1024, 1024), (64, 48))   # 1, 3, 5 and 13 tiles (no 2x up-scale)

@@ -3,7 +3,7 @@
     python bench/vision.py [--checkpoint DIR | --real-size] [--device cpu] [--threads 1] [--tiles 1 13 52]
                            [--plan FILE.plan]
 
-PyTorch (nanovl.vision) against onnxruntime on the graph `make engine` exports (exported here first), and
+PyTorch (nanovl.core.vision) against onnxruntime on the graph `make engine` exports (exported here first), and
 against a TensorRT engine when --plan names one (GPU). Outputs are checked equal before anything is timed.
 --real-size runs C-RADIOv2-H + mlp1 at the real model's geometry with random weights (bench/gpu.py writes them).
 """
@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from nanovl.checkpoint import load_config  # noqa: E402
-from nanovl.vision_engines import VisionSettings, load_vision_engine  # noqa: E402
-from nanovl.vision_export import export_onnx, relative_error  # noqa: E402
+from nanovl.core.checkpoint import load_config  # noqa: E402
+from nanovl.core.vision_runtimes import VisionSettings, load_vision_engine  # noqa: E402
+from nanovl.core.vision_export import export_onnx, relative_error  # noqa: E402
 
 
 def tiles_per_second(engine, tiles: np.ndarray, seconds: float = 2.0) -> float:

@@ -39,10 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nanovl.checkpoint import CheckpointConfig, load_config  # noqa: E402
-from nanovl.errors import ServerError  # noqa: E402
-from nanovl.triton_config import DEFAULT_PARAMETERS  # noqa: E402
-from nanovl.vision_export import max_call_tiles  # noqa: E402
+from nanovl.core.checkpoint import CheckpointConfig, load_config  # noqa: E402
+from nanovl.core.errors import ServerError  # noqa: E402
+from nanovl.core.preprocess import PreprocessSettings  # noqa: E402
+from nanovl.core.vision_export import max_call_tiles  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
@@ -148,9 +148,8 @@ def _example(examples: Path, script: str) -> str:
 def prompt_table_rows(config: CheckpointConfig, max_batch: int) -> int:
     """Rows of the prompt-embedding table: every sequence of a full batch with its most images of the most
     tiles (the thumbnail included) -- TensorRT-LLM's multimodal rule, max_batch x features x images."""
-    limits = DEFAULT_PARAMETERS["preprocessing"]
-    tiles = int(limits["max_tiles"]) + 1
-    return max_batch * int(limits["max_images"]) * tiles * config.tokens_per_tile
+    limits = PreprocessSettings()
+    return max_batch * limits.max_images * (limits.max_tiles + 1) * config.tokens_per_tile
 
 
 def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> tuple[list[Command], list[str]]:
@@ -159,7 +158,7 @@ def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> 
         return [], ["--param", "vision_engine=pytorch"]
     vision_dir = args.out.resolve() / "engines" / "vision"
     onnx_file, plan_file = vision_dir / "vision.onnx", vision_dir / "vision.plan"
-    common = ["-m", "nanovl.vision_export", "--checkpoint", str(config.path.resolve()), "--onnx", str(onnx_file),
+    common = ["-m", "nanovl.core.vision_export", "--checkpoint", str(config.path.resolve()), "--onnx", str(onnx_file),
               "--max-tiles", str(max_call_tiles())]
     export_py = args.export_python or py
     return [Command("export the vision encoder to ONNX (dynamic tile batch), check it against PyTorch",
@@ -184,7 +183,7 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         convert = Command("convert the Llama checkpoint to TensorRT-LLM's format", [
             py, _example(examples, "llama/convert_checkpoint.py"), "--model_dir", str(hf_dir),
             "--output_dir", str(ckpt_dir), "--dtype", "bfloat16", "--tp_size", tp, "--workers", tp])
-    # A prompt leaves room for at least one generated token (nanovl.engine.service.sampling_params).
+    # A prompt leaves room for at least one generated token (nanovl.serving.service.sampling_params).
     build = ["trtllm-build", "--checkpoint_dir", str(ckpt_dir), "--output_dir", str(engine_dir),
              "--max_batch_size", str(args.max_batch), "--max_input_len", str(config.max_context - 1),
              "--max_seq_len", str(config.max_context),
@@ -197,7 +196,7 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         build += ["--use_fp8_context_fmha", "enable"]
     vision, vision_params = vision_plan(config, args, py)
     repository = Command("write the model repository for the engines", [
-        py, "-m", "nanovl.triton_config", str(out / "model_repository"), "--checkpoint", str(config.path.resolve()),
+        py, "-m", "nanovl.serving.triton_config", str(out / "model_repository"), "--checkpoint", str(config.path.resolve()),
         "--param", "engine=tensorrt_llm", "--param", f"engine_dir={engine_dir}", "--param", "device=cuda",
         "--param", "dtype=bfloat16", "--param", f"max_running={args.max_batch}",
         "--param", f"max_step_tokens={args.max_num_tokens}",

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The image's entrypoint: serve $NANOVL_REPOSITORY with the Python its stages need. The launcher's interpreter
-# is the one tritonserver's Python stages run (nanovl.launch puts it first on PATH): a repository of engines
+# is the one tritonserver's Python stages run (nanovl.serving.launch puts it first on PATH): a repository of engines
 # (`make engine`: engine=tensorrt_llm) needs the container's python3 with TensorRT-LLM; one that runs the
 # PyTorch reference engine or vision encoder needs transformers 5, in $NANOVL_PYTORCH_PYTHON's venv.
 set -eu
@@ -10,4 +10,4 @@ if grep -q 'string_value: "tensorrt_llm"' "$repository/llm/config.pbtxt"; then
 else
     python="${NANOVL_PYTORCH_PYTHON:-python3}"
 fi
-exec "$python" -m nanovl.launch --repository "$repository" "$@"
+exec "$python" -m nanovl.serving.launch --repository "$repository" "$@"

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanovl.errors import NanoVLError
+from nanovl.core.errors import NanoVLError
 
 log = logging.getLogger("nanovl.frontend")
 

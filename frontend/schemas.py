@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nanovl.errors import ClientError
+from nanovl.core.errors import ClientError
 
 log = logging.getLogger(__name__)
 

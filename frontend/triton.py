@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,22 +11,20 @@ from typing import AsyncIterator
 import grpc
 import numpy as np
 
-from nanovl.client import TritonClient, TritonStreamError, bytes_tensor
-from nanovl.supervisor import probe, probe_inputs
-from nanovl.errors import ClientError, NanoVLError, ServerError, from_wire
+from nanovl.serving import control, tensors as T
+from nanovl.serving.client import TritonClient, TritonStreamError, bytes_tensor
+from nanovl.serving.supervisor import probe, probe_inputs
+from nanovl.core.errors import ClientError, NanoVLError, ServerError, from_wire
 
 from .errors import HTTPError
 from .schemas import SamplingRequest
 
 log = logging.getLogger("nanovl.frontend")
-_DTYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32, "top_k": np.int32,
-           "seed": np.int64, "min_tokens": np.int32, "frequency_penalty": np.float32,
-           "presence_penalty": np.float32, "repetition_penalty": np.float32, "logprobs": np.int32,
-           "stop": np.object_}
-STAGES = ("preprocessing", "vision_encoder", "llm", "detokenizer", "ensemble")
+_SAMPLING = {t.name: t for t in T.SAMPLING}
+STAGES = tuple(T.MODELS)
 # The ensemble outputs a response needs; the logprob ones only when asked for (fewer tensors per response).
-_OUTPUTS = ("text_output", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens")
-_LOGPROB_OUTPUTS = ("token_logprobs", "tokens", "top_logprob_values", "top_logprob_tokens")
+_OUTPUTS = tuple(t.name for t in (T.TEXT_OUTPUT, T.TOKEN_IDS, T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS))
+_LOGPROB_OUTPUTS = tuple(t.name for t in (T.TOKEN_LOGPROBS, T.TOKENS, T.TOP_LOGPROBS, T.TOP_LOGPROB_TOKENS))
 
 
 @dataclass
@@ -41,7 +38,7 @@ class Delta:
 
 
 def _logprobs(out: dict) -> list[dict] | None:
-    values = out.get("token_logprobs")
+    values = out.get(T.TOKEN_LOGPROBS.name)
     if values is None or not len(values):
         return None
 
@@ -49,8 +46,8 @@ def _logprobs(out: dict) -> list[dict] | None:
         return {"token": piece.decode("utf-8", errors="replace"), "logprob": float(logprob), "bytes": list(piece)}
 
     return [{**entry(piece, lp), "top_logprobs": [entry(p, v) for p, v in zip(top_pieces, top_values)]}
-            for piece, lp, top_pieces, top_values in zip(out["tokens"], values, out["top_logprob_tokens"],
-                                                           out["top_logprob_values"])]
+            for piece, lp, top_pieces, top_values in zip(out[T.TOKENS.name], values, out[T.TOP_LOGPROB_TOKENS.name],
+                                                           out[T.TOP_LOGPROBS.name])]
 
 
 # Triton's own (untagged) words for a model that cannot serve now: the request may succeed later.
@@ -108,23 +105,23 @@ class Ensemble:
         inputs = {name: bytes_tensor(text)}
         for name, value in request.sampling_inputs().items():
             if value is not None:
-                values = [v.encode() for v in value] if name == "stop" else [value]
-                inputs[name] = np.array(values, dtype=_DTYPES[name])
+                inputs[name] = T.to_array(_SAMPLING[name], value)
         finished = False
-        outputs = _OUTPUTS + (_LOGPROB_OUTPUTS if "logprobs" in inputs else ())
+        outputs = _OUTPUTS + (_LOGPROB_OUTPUTS if T.LOGPROBS.name in inputs else ())
         started = time.time()
         stream = self._watched(self.client.stream(self.model, inputs, request_id=request_id,
                                                   timeout=self.timeout_s, outputs=outputs), request_id, started)
         try:
             async for out in stream:
-                if "text_output" not in out:
+                if T.TEXT_OUTPUT.name not in out:
                     continue   # a bare final flag
-                reason = out["finish_reason"][0].decode()
+                reason = out[T.FINISH_REASON.name][0].decode()
                 if reason in ("cancelled", "error"):
                     raise ServerError(f"generation ended: {reason}")
                 finished = bool(reason)
-                yield Delta(out["text_output"][0].decode("utf-8"), out["token_ids"].tolist(), reason or None,
-                            int(out["prompt_tokens"][0]), int(out["completion_tokens"][0]), _logprobs(out))
+                yield Delta(out[T.TEXT_OUTPUT.name][0].decode("utf-8"), out[T.TOKEN_IDS.name].tolist(), reason or None,
+                            int(out[T.PROMPT_TOKENS.name][0]), int(out[T.COMPLETION_TOKENS.name][0]),
+                            _logprobs(out))
             finished = True
         except TritonStreamError as exc:
             finished = True   # the error ended the request on the server
@@ -135,8 +132,7 @@ class Ensemble:
         finally:
             await stream.aclose()
             if not finished:
-                # Left early (client gone, timeout): on tritonserver 2.51 the ensemble's cancel never reaches
-                # llm, so tell llm directly; its slot is free at the next engine step.
+                # Left early (client gone, timeout): tell llm directly (nanovl.serving.control says why).
                 asyncio.get_running_loop().create_task(self.stop(request_id))
 
     async def _watched(self, stream: AsyncIterator[dict], request_id: str, started: float) -> AsyncIterator[dict]:
@@ -170,21 +166,14 @@ class Ensemble:
 
     async def _lost(self, request_id: str, started: float) -> bool:
         try:
-            status = {}
-            async for out in self.client.stream("llm", {"status_request": bytes_tensor(request_id)}, timeout=5):
-                if "finish_reason" in out:
-                    status = json.loads(out["finish_reason"][0])
+            return (await control.ask_status(self.client, request_id)).lost(started)
         except TritonStreamError:
             return True   # llm cannot answer: its stub is dead
         except grpc.RpcError:
             return False  # the server itself is unreachable: the request's own call reports that
-        # Unknown to an llm loaded after the request began: lost. Unknown to an older llm: not there yet
-        # (a slow image fetch) or just finished: keep waiting.
-        return not status.get("known", True) and status.get("started_at", 0.0) > started
 
     async def stop(self, request_id: str) -> None:
         try:
-            async for _ in self.client.stream("llm", {"stop_request": bytes_tensor(request_id)}, timeout=10):
-                pass
+            await control.send_stop(self.client, request_id)
         except Exception:   # best effort: the detokenizer's is_cancelled() poll is the second path
             log.warning("could not send a stop for %s", request_id, exc_info=True)

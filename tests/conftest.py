@@ -11,6 +11,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "build"))
 
 
+LAYERS = ("core", "engine", "serving", "frontend", "tooling", "integration")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test is marked with its layer, the folder it lives in: `pytest -m engine` runs the engine's."""
+    for item in items:
+        layer = Path(item.fspath).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
 def load_script(name: str, path: Path):
     """A script outside the package (build/, bench/) imported as module `name`; registered in sys.modules
     because dataclasses look their module up there."""
@@ -35,14 +46,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def config(tiny_checkpoint):
-    from nanovl.checkpoint import load_config
+    from nanovl.core.checkpoint import load_config
 
     return load_config(tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(config):
-    from nanovl.checkpoint import load_tokenizer
+    from nanovl.core.checkpoint import load_tokenizer
 
     return load_tokenizer(config)
 
@@ -51,7 +62,7 @@ def tokenizer(config):
 def vision_graph(config, tmp_path_factory) -> Path:
     """The tiny checkpoint's vision encoder as `make engine` exports it (ONNX, 1..16 tiles) and checked against
     PyTorch, which leaves the reference embeddings beside it: exported once for every vision runtime's tests."""
-    from nanovl import vision_export
+    from nanovl.core import vision_export
 
     path = tmp_path_factory.mktemp("vision") / "vision.onnx"
     assert vision_export.main(["--checkpoint", str(config.path), "--onnx", str(path), "--max-tiles", "16",

@@ -262,7 +262,7 @@ def cuda_on_cpu(setattr) -> None:
     (monkeypatch.setattr in a test, builtins.setattr in a process of its own)."""
     import torch
 
-    from nanovl import vision_engines
+    from nanovl.core import vision_runtimes as vision_engines
 
     setattr(vision_engines, "cuda_device", lambda torch, name: torch.device("cpu"))
     setattr(torch.cuda, "set_device", lambda device: events.append("set_device"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..checkpoint import CheckpointConfig
-from ..errors import ServerError
-from ..settings import parameter_flag
+from ..core.checkpoint import CheckpointConfig
+from ..core.errors import ServerError
 from .request import EngineOutput
 
 ENGINES = ("reference", "tensorrt_llm")
@@ -14,7 +13,8 @@ ENGINES = ("reference", "tensorrt_llm")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The llm stage's engine parameters (config.pbtxt `parameters`), with their defaults in one place."""
+    """The llm stage's engine parameters (config.pbtxt `parameters`, read by nanovl.serving.parameters), with their
+    defaults in one place."""
 
     engine: str = "reference"
     device: str = "cpu"
@@ -37,29 +37,13 @@ class EngineSettings:
     enable_kv_cache_reuse: bool = False
     executor_worker_path: str = ""   # tensor parallelism: "" finds TensorRT-LLM's executorWorker
 
-    @classmethod
-    def from_parameters(cls, params: dict[str, str]) -> "EngineSettings":
-        return cls(engine=params.get("engine", cls.engine), device=params.get("device", cls.device),
-                   dtype=params.get("dtype") or None,
-                   max_running=int(params.get("max_running", cls.max_running)),
-                   max_step_tokens=int(params.get("max_step_tokens", cls.max_step_tokens)),
-                   kv_cache_tokens=int(params.get("kv_cache_tokens", cls.kv_cache_tokens)),
-                   block_size=int(params.get("block_size", cls.block_size)),
-                   torch_threads=int(params.get("torch_threads", cls.torch_threads)),
-                   stream_interval_ms=float(params.get("stream_interval_ms", cls.stream_interval_ms)),
-                   engine_dir=params.get("engine_dir", cls.engine_dir),
-                   kv_cache_free_gpu_memory_fraction=float(params.get("kv_cache_free_gpu_memory_fraction",
-                                                                      cls.kv_cache_free_gpu_memory_fraction)),
-                   enable_chunked_context=parameter_flag(params, "enable_chunked_context", cls.enable_chunked_context),
-                   enable_kv_cache_reuse=parameter_flag(params, "enable_kv_cache_reuse", cls.enable_kv_cache_reuse),
-                   executor_worker_path=params.get("executor_worker_path", cls.executor_worker_path))
 
 
 def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
     if settings.engine == "reference":
         import torch
 
-        from .engine import ReferenceEngine
+        from .reference import ReferenceEngine
         from .runner import ModelRunner
 
         if settings.device == "cpu":

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ClientError
+from ..core.errors import ClientError
 
 DEFAULT_MAX_TOKENS = 1024   # when a request names none; bounded by the context left after the prompt
 MAX_TOP_LOGPROBS = 20       # OpenAI's bound

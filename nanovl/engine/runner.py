@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..checkpoint import CheckpointConfig, load_llm, torch_dtype
+from ..core.checkpoint import CheckpointConfig, load_llm, torch_dtype
 from .blocks import BlockManager
 from .scheduler import Sequence, Step
 

@@ -33,8 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..checkpoint import CheckpointConfig
-from ..errors import ServerError
+from ..core.checkpoint import CheckpointConfig
+from ..core.errors import ServerError
 from .request import EngineOutput, EngineStats, GenerationRequest, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)

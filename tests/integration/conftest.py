@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nanovl.launch import ROOT, Stack, free_port, wait_for_http
+from nanovl.serving.launch import ROOT, Stack, free_port, wait_for_http
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 

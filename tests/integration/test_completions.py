@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from nanovl.client import TritonClient, TritonStreamError, bytes_tensor
+from nanovl.serving.client import TritonClient, TritonStreamError, bytes_tensor
 from tests.conftest import hf_greedy
 from tests.integration.conftest import MODEL
 

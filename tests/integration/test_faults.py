@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from nanovl.launch import Stack
-from nanovl.supervisor import stub_processes
+from nanovl.serving.launch import Stack
+from nanovl.serving.supervisor import stub_processes
 from tests.integration.conftest import MODEL, stack_on_free_ports
 
 

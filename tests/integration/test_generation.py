@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from nanovl.client import TritonClient, bytes_tensor
+from nanovl.serving.client import TritonClient, bytes_tensor
 from tests.integration.conftest import MODEL
 
 

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from nanovl.launch import ROOT, free_port, server_env, wait_for_http
+from nanovl.serving.launch import ROOT, free_port, server_env, wait_for_http
 from tests.integration.conftest import MODEL
 
 

@@ -131,7 +131,7 @@ def test_connections_past_the_limit_get_a_503_at_once(stack):
     import subprocess
     import sys
 
-    from nanovl.launch import ROOT, free_port, server_env, wait_for_http
+    from nanovl.serving.launch import ROOT, free_port, server_env, wait_for_http
 
     port = free_port()
     frontend = subprocess.Popen([sys.executable, "-m", "frontend", "--port", str(port)], cwd=ROOT,

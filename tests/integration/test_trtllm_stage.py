@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from nanovl.launch import ROOT
-from nanovl.preprocess import Preprocessor
-from nanovl.triton_config import write_repository
+from nanovl.serving.launch import ROOT
+from nanovl.core.preprocess import Preprocessor
+from nanovl.serving.triton_config import write_repository
 from tests.integration.conftest import MODEL, data_url, stack_on_free_ports
 from tests.integration.test_generation import engine_gauge, wait_until_idle
 

@@ -12,8 +12,8 @@ from openai import BadRequestError
 from PIL import Image
 
 from tests.integration.conftest import MODEL, data_url
-from tests.unit.test_fetch import http_server
-from tests.unit.test_vision import reference_embeddings
+from tests.core.test_fetch import http_server
+from tests.core.test_vision import reference_embeddings
 
 _IMAGE = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 420, 3), dtype=np.uint8))
 
@@ -43,7 +43,7 @@ def image_server():
 def reference_greedy(hf_llm, config, tokenizer, image, text, max_new_tokens):
     """The prompt of the model's chat() with `<img><image>*N</img>` expanded, embeddings from the reference
     vision forward at the image positions, then a plain greedy loop without a KV cache."""
-    from nanovl.tiling import tile_image
+    from nanovl.core.tiling import tile_image
 
     tiles = tile_image(image)
     span = "<img>" + "<image>" * (len(tiles) * config.tokens_per_tile) + "</img>"

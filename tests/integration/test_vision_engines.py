@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from nanovl.triton_config import write_repository
-from nanovl.vision_engines import TorchVision, VisionSettings
+from nanovl.serving.triton_config import write_repository
+from nanovl.core.vision_runtimes import TorchVision, VisionSettings
 from tests.integration.conftest import stack_on_free_ports
 
 

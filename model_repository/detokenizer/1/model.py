@@ -1,16 +1,18 @@
-"""Triton adapter: one llm response -> its text delta. Stateless (see nanovl.detokenize), one instance.
+"""Triton adapter: one llm response -> its text delta. Stateless (see nanovl.core.detokenize), one instance.
 
-Also the 2.51 cancellation path: a client's cancel never reaches the decoupled llm inside the ensemble, but
-this downstream stage sees request.is_cancelled(); it then sends llm a stop request for that request id.
+Also the 2.51 cancellation path (nanovl.serving.control): this downstream stage sees request.is_cancelled()
+of a direct ensemble client and sends llm a stop request for that request id.
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nanovl.checkpoint import load_config, load_tokenizer
-from nanovl.detokenize import TokenBytes, text_delta
-from nanovl.settings import model_parameters
+from nanovl.core.checkpoint import load_config, load_tokenizer
+from nanovl.core.detokenize import TokenBytes, text_delta
+from nanovl.serving import control, tensors as T
+from nanovl.serving.parameters import model_parameters
 
-_PASS_THROUGH = ("finish_reason", "prompt_tokens", "completion_tokens", "token_logprobs", "top_logprob_values")
+_PASS_THROUGH = tuple(t.name for t in (T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS, T.TOKEN_LOGPROBS,
+                                       T.TOP_LOGPROBS))
 # is_cancelled() is an IPC per call: poll every Nth response of a request id (a bounded, lossy counter).
 _CANCEL_POLL_EVERY = 4
 _COUNTER_LIMIT = 4096
@@ -30,23 +32,23 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
-        ids = _input(request, "output_ids").reshape(-1)
-        offset = int(_input(request, "new_token_offset").reshape(-1)[0])
-        reason = _input(request, "finish_reason").reshape(-1)[0]
-        trim = int(_input(request, "trim_bytes").reshape(-1)[0])
+        ids = _input(request, T.OUTPUT_IDS.name).reshape(-1)
+        offset = int(_input(request, T.NEW_OFFSET.name).reshape(-1)[0])
+        reason = _input(request, T.FINISH_REASON.name).reshape(-1)[0]
+        trim = int(_input(request, T.TRIM_BYTES.name).reshape(-1)[0])
         if not reason:
             self._maybe_stop(request)
         text = text_delta(self.token_bytes, ids.tolist(), offset, final=bool(reason), trim_bytes=trim)
         table = self.token_bytes.table
-        logprobs = _input(request, "token_logprobs")
+        logprobs = _input(request, T.TOKEN_LOGPROBS.name)
         new_ids = ids[offset:]
         pieces = [table[i] if 0 <= i < len(table) else b"" for i in new_ids] if len(logprobs) else []
-        top_ids = _input(request, "top_logprob_ids")
+        top_ids = _input(request, T.TOP_LOGPROB_IDS.name)
         top_pieces = [[table[i] if 0 <= i < len(table) else b"" for i in row] for row in top_ids]
-        outputs = [pb_utils.Tensor("text_output", np.array([text.encode()], np.object_)),
-                   pb_utils.Tensor("token_ids", np.ascontiguousarray(new_ids)),
-                   pb_utils.Tensor("tokens", np.array(pieces, np.object_).reshape(-1)),
-                   pb_utils.Tensor("top_logprob_tokens",
+        outputs = [pb_utils.Tensor(T.TEXT_OUTPUT.name, np.array([text.encode()], np.object_)),
+                   pb_utils.Tensor(T.TOKEN_IDS.name, np.ascontiguousarray(new_ids)),
+                   pb_utils.Tensor(T.TOKENS.name, np.array(pieces, np.object_).reshape(-1)),
+                   pb_utils.Tensor(T.TOP_LOGPROB_TOKENS.name,
                                    np.array(top_pieces, np.object_).reshape(top_ids.shape))]
         outputs += [pb_utils.Tensor(name, _input(request, name)) for name in _PASS_THROUGH]
         return pb_utils.InferenceResponse(outputs)
@@ -60,7 +62,7 @@ class TritonPythonModel:
             self.seen.clear()
         self.seen[request_id] = count
         if count % _CANCEL_POLL_EVERY == 0 and request.is_cancelled():
-            stop = pb_utils.Tensor("stop_request", np.array([request_id.encode()], np.object_))
-            for _ in pb_utils.InferenceRequest(model_name="llm", inputs=[stop], requested_output_names=[]).exec(
-                    decoupled=True):
+            stop = [pb_utils.Tensor(k, v) for k, v in control.stop_inputs(request_id).items()]
+            for _ in pb_utils.InferenceRequest(model_name=control.LLM, inputs=stop,
+                                               requested_output_names=[]).exec(decoupled=True):
                 pass

@@ -1,21 +1,20 @@
 """Triton adapter for the decoupled llm stage: execute() enqueues and returns; the engine loop generates and
-a sender thread streams. The logic is nanovl.engine (GenerationService)."""
-import json
+a sender thread streams (nanovl.serving.service). Control requests (stop, status): nanovl.serving.control."""
 import threading
 import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nanovl.checkpoint import load_config, load_tokenizer
-from nanovl.detokenize import TokenBytes
+from nanovl.core.checkpoint import load_config, load_tokenizer
+from nanovl.core.detokenize import TokenBytes
 from nanovl.engine.factory import EngineSettings, build_engine
-from nanovl.engine.service import GenerationService, sampling_params
-from nanovl.errors import NanoVLError
-from nanovl.settings import model_parameters
+from nanovl.core.errors import NanoVLError
+from nanovl.serving import control, tensors as T
+from nanovl.serving.parameters import model_parameters, read_settings
+from nanovl.serving.service import GenerationService, sampling_params
 
-_SCALARS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "min_tokens", "repetition_penalty",
-            "frequency_penalty", "presence_penalty", "logprobs")
+_SCALARS = tuple(t.name for t in T.SAMPLING if t not in (T.STOP, T.STOP_TOKEN_IDS))
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # is_cancelled() is an IPC to the server: ask every Nth response of a stream, not every one.
 _CANCEL_POLL_EVERY = 8
@@ -38,7 +37,7 @@ class TritonPythonModel:
         self.started_at = time.time()
         params = model_parameters(args)
         self.config = load_config(params["checkpoint_dir"])
-        settings = EngineSettings.from_parameters(params)
+        settings = read_settings(EngineSettings, params)
         self.service = GenerationService(lambda on_output: build_engine(settings, self.config, on_output),
                                          TokenBytes.from_tokenizer(load_tokenizer(self.config)), self._send,
                                          stream_interval_s=settings.stream_interval_ms / 1000)
@@ -48,23 +47,23 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                stop_request = _input(request, "stop_request")
+                stop_request = _input(request, T.STOP_REQUEST.name)
                 if stop_request is not None:
                     self.service.cancel_request(stop_request.reshape(-1)[0].decode())
                     sender.send(flags=_FINAL)
                     continue
-                status_request = _input(request, "status_request")
+                status_request = _input(request, T.STATUS_REQUEST.name)
                 if status_request is not None:
-                    status = {"known": self.service.knows(status_request.reshape(-1)[0].decode()),
-                              "started_at": self.started_at}
-                    reply = pb_utils.Tensor("finish_reason", np.array([json.dumps(status).encode()], np.object_))
-                    sender.send(pb_utils.InferenceResponse([reply]), flags=_FINAL)
+                    status = control.RequestStatus(self.service.knows(status_request.reshape(-1)[0].decode()),
+                                                   self.started_at)
+                    reply = [pb_utils.Tensor(k, v) for k, v in control.status_outputs(status).items()]
+                    sender.send(pb_utils.InferenceResponse(reply), flags=_FINAL)
                     continue
-                prompt_ids = _input(request, "input_ids").reshape(-1)
-                table = _input(request, "prompt_embedding_table")   # [1, rows, hidden]
+                prompt_ids = _input(request, T.INPUT_IDS.name).reshape(-1)
+                table = _input(request, T.PROMPT_TABLE.name)   # [1, rows, hidden]
                 table = None if table is None else table.reshape(-1, table.shape[-1])
-                stop = _input(request, "stop")
-                stop_ids = _input(request, "stop_token_ids")
+                stop = _input(request, T.STOP.name)
+                stop_ids = _input(request, T.STOP_TOKEN_IDS.name)
                 sampling = sampling_params(
                     self.config, len(prompt_ids), **{name: _scalar(request, name) for name in _SCALARS},
                     stop=tuple(s.decode() for s in stop.reshape(-1)) if stop is not None else None,
@@ -85,16 +84,17 @@ class TritonPythonModel:
         logprobs = message.logprobs or []
         k = len(logprobs[0].top) if logprobs else 0
         outputs = {
-            "output_ids": message.output_ids,
-            "new_token_offset": np.array([message.new_offset], np.int32),
-            "finish_reason": np.array([message.finish_reason.encode()], np.object_),
-            "prompt_tokens": np.array([message.prompt_tokens], np.int32),
-            "completion_tokens": np.array([message.completion_tokens], np.int32),
-            "trim_bytes": np.array([message.trim_bytes], np.int32),
-            "token_logprobs": np.array([lp.logprob for lp in logprobs], np.float32),
-            "top_logprob_ids": np.array([[t for t, _ in lp.top] for lp in logprobs], np.int32).reshape(len(logprobs), k),
-            "top_logprob_values": np.array([[v for _, v in lp.top] for lp in logprobs],
-                                           np.float32).reshape(len(logprobs), k),
+            T.OUTPUT_IDS.name: message.output_ids,
+            T.NEW_OFFSET.name: np.array([message.new_offset], np.int32),
+            T.FINISH_REASON.name: np.array([message.finish_reason.encode()], np.object_),
+            T.PROMPT_TOKENS.name: np.array([message.prompt_tokens], np.int32),
+            T.COMPLETION_TOKENS.name: np.array([message.completion_tokens], np.int32),
+            T.TRIM_BYTES.name: np.array([message.trim_bytes], np.int32),
+            T.TOKEN_LOGPROBS.name: np.array([lp.logprob for lp in logprobs], np.float32),
+            T.TOP_LOGPROB_IDS.name: np.array([[t for t, _ in lp.top] for lp in logprobs],
+                                             np.int32).reshape(len(logprobs), k),
+            T.TOP_LOGPROBS.name: np.array([[v for _, v in lp.top] for lp in logprobs],
+                                          np.float32).reshape(len(logprobs), k),
         }
         response = pb_utils.InferenceResponse([pb_utils.Tensor(name, value) for name, value in outputs.items()])
         stream.sender.send(response, flags=_FINAL if message.final else 0)

@@ -1,4 +1,4 @@
-"""Triton adapter: messages (or a raw prompt) -> input_ids + tiles. The logic is nanovl.preprocess.
+"""Triton adapter: messages (or a raw prompt) -> input_ids + tiles. The logic is nanovl.core.preprocess.
 
 The Preprocessor fetches a request's remote images concurrently on its own event-loop thread, which lives
 as long as the model (one HTTP client and connection pool for every request, not one per execute()).
@@ -6,9 +6,10 @@ as long as the model (one HTTP client and connection pool for every request, not
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from nanovl.errors import NanoVLError
-from nanovl.preprocess import PreprocessSettings, Preprocessor
-from nanovl.settings import model_parameters
+from nanovl.core.errors import NanoVLError
+from nanovl.core.preprocess import PreprocessSettings, Preprocessor
+from nanovl.serving import tensors as T
+from nanovl.serving.parameters import model_parameters, read_settings
 
 
 def _scalar(request, name: str):
@@ -21,16 +22,17 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
         self.preprocess = Preprocessor.from_checkpoint(params["checkpoint_dir"],
-                                                       PreprocessSettings.from_parameters(params))
+                                                       read_settings(PreprocessSettings, params))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                result = self.preprocess.from_inputs(_scalar(request, "messages"), _scalar(request, "prompt"))
+                result = self.preprocess.from_inputs(_scalar(request, T.MESSAGES.name),
+                                                  _scalar(request, T.PROMPT.name))
                 responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("input_ids", result.input_ids),
-                    pb_utils.Tensor("tiles", np.ascontiguousarray(result.tiles)[None]),
+                    pb_utils.Tensor(T.INPUT_IDS.name, result.input_ids),
+                    pb_utils.Tensor(T.TILES.name, np.ascontiguousarray(result.tiles)[None]),
                 ]))
             except NanoVLError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.to_wire())))

@@ -1,0 +1,202 @@
+"""What the decoupled `llm` model runs, minus Triton: engine outputs -> one message per stream per send.
+
+Streaming costs per response, not per token (tritonserver-cpu.md), so a sender thread coalesces every output
+that is ready since its last send into one message per stream: the stream interval adapts to load by itself.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..core.checkpoint import CheckpointConfig
+from ..core.detokenize import StreamFramer, TokenBytes
+from ..core.errors import ClientError
+from ..core.stop import StopMatcher
+from ..engine.request import DEFAULT_MAX_TOKENS, EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamMessage:
+    """One response of the llm stage. output_ids: int32 context + new ids; the first new_offset are context."""
+
+    output_ids: np.ndarray
+    new_offset: int
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+    trim_bytes: int = 0                               # drop from the end of the new tokens' text (stop string)
+    logprobs: list[TokenLogprob] | None = None        # one per new token, when asked for
+
+    @property
+    def final(self) -> bool:
+        return bool(self.finish_reason) or self.error is not None
+
+
+def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=None, stop_token_ids=None,
+                    **values) -> SamplingParams:
+    """Request values (None = absent) -> SamplingParams with the checkpoint's stop tokens and context bound."""
+    room = config.max_context - prompt_len
+    if room < 1:
+        raise ClientError(f"the prompt is {prompt_len} tokens; the context holds {config.max_context}",
+                          param="messages", code="context_length_exceeded")
+    if max_tokens is not None and max_tokens > room:
+        raise ClientError(f"max_tokens {max_tokens} plus the {prompt_len}-token prompt exceeds the "
+                          f"{config.max_context}-token context", param="max_tokens",
+                          code="context_length_exceeded")
+    values["max_tokens"] = max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
+    stops = tuple(config.eos_token_ids) + tuple(t for t in (stop_token_ids or ()) if t not in config.eos_token_ids)
+    return SamplingParams(**{k: v for k, v in values.items() if v is not None}, stop_token_ids=stops)
+
+
+@dataclass
+class _Stream:
+    target: object                  # what `send` delivers to (a Triton response sender)
+    framer: StreamFramer
+    matcher: StopMatcher
+    min_tokens: int
+    label: str = ""
+
+
+class GenerationService:
+    """Owns the engine, the per-stream framing and the sender thread. `send(key, message)` delivers."""
+
+    def __init__(self, engine_factory: Callable[[Callable[[EngineOutput], None]], object],
+                 token_bytes: TokenBytes, send: Callable[[object, StreamMessage], None], *,
+                 stream_interval_s: float = 0.0):
+        self._send = send
+        self._interval = stream_interval_s
+        self._token_bytes = token_bytes
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.engine = engine_factory(self._outbox.put)
+        self._sender = threading.Thread(target=self._send_loop, name="llm-sender", daemon=True)
+        self._sender.start()
+
+    def submit(self, stream, prompt_ids: np.ndarray, sampling: SamplingParams, prompt_table=None,
+               label: str = "") -> str:
+        """Starts a generation streamed to `stream`; `label` (the client's request id) is what a stop names."""
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._streams[key] = _Stream(stream, StreamFramer(self._token_bytes),
+                                         StopMatcher.create(self._token_bytes, sampling.stop), sampling.min_tokens,
+                                         label)
+        self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table))
+        return key
+
+    def cancel_request(self, label: str) -> int:
+        """Stops every stream submitted with this label (empty labels are never matched). -> how many."""
+        with self._lock:
+            keys = [key for key, s in self._streams.items() if label and s.label == label]
+        for key in keys:
+            self.engine.cancel(key)
+        return len(keys)
+
+    def knows(self, label: str) -> bool:
+        """Whether a stream submitted with this label is still generating or waiting."""
+        with self._lock:
+            return bool(label) and any(s.label == label for s in self._streams.values())
+
+    def cancel_stream(self, target) -> None:
+        with self._lock:
+            keys = [key for key, s in self._streams.items() if s.target is target]
+        for key in keys:
+            self.engine.cancel(key)
+
+    def close(self) -> None:
+        self.engine.shutdown()
+        self._outbox.put(None)
+        self._sender.join(timeout=5)
+
+    def _send_loop(self) -> None:
+        """Streams get at most one response per stream interval, carrying every token made meanwhile:
+        responses, not tokens, are what streaming costs (tritonserver-cpu.md). A stream's first and last
+        responses go out at once, so pacing costs neither time to first token nor end-to-end latency."""
+        pending: dict[str, list[EngineOutput]] = {}
+        last_sent: dict[str, float] = {}
+        closing = False
+        while not (closing and not pending):
+            timeout = None
+            if pending:
+                due = min(last_sent.get(key, float("-inf")) + self._interval for key in pending)
+                timeout = max(0.0, due - time.monotonic())
+            for item in self._take(timeout):
+                if item is None:
+                    closing = True
+                else:
+                    pending.setdefault(item.request_id, []).append(item)
+            now = time.monotonic()
+            for key in list(pending):
+                outputs = pending[key]
+                final = outputs[-1].finished
+                if final or closing or key not in last_sent or now - last_sent[key] >= self._interval:
+                    del pending[key]
+                    self._deliver(key, outputs)
+                    if final:
+                        last_sent.pop(key, None)
+                    else:
+                        last_sent[key] = now
+
+    def _take(self, timeout: float | None) -> list:
+        """Everything in the outbox, waiting up to `timeout` (None: forever) for the first item."""
+        try:
+            items = [self._outbox.get(timeout=timeout) if timeout != 0 else self._outbox.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self._outbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _deliver(self, key: str, outputs: list[EngineOutput]) -> None:
+        with self._lock:
+            stream = self._streams.get(key)
+        if stream is None:
+            return   # already finished (a stop string), or never ours
+        last = outputs[-1]
+        tokens = [t for out in outputs for t in out.token_ids]
+        extras = [lp for out in outputs for lp in (out.logprobs or [None] * len(out.token_ids))]
+        final = last.finished
+        # No stop strings before min_tokens (as vLLM).
+        released = stream.matcher.feed(tokens, extras, final=final,
+                                       match_stops=last.completion_tokens >= stream.min_tokens)
+        reason = last.finish_reason or ""
+        if released.stopped:
+            reason, final = "stop", True
+            self.engine.cancel(key)   # frees the slot now; its 'cancelled' output finds no stream
+        if final:
+            with self._lock:
+                self._streams.pop(key, None)
+        elif not released.tokens:
+            return   # everything held back (may start a stop string): nothing to send yet
+        framed, offset = stream.framer.frame(released.tokens)
+        logprobs = released.extras if extras and extras[0] is not None else None
+        message = StreamMessage(np.asarray(framed, np.int32), offset, reason, last.prompt_tokens,
+                                last.completion_tokens, last.error, released.trim_bytes, logprobs)
+        try:
+            self._send(stream.target, message)
+        except Exception as exc:   # fail this stream alone, never the sender for everyone else
+            log.exception("sending to stream %s failed", key)
+            self._fail(key, stream, f"sending the response failed: {exc}")
+
+    def _fail(self, key: str, stream: _Stream, error: str) -> None:
+        with self._lock:
+            self._streams.pop(key, None)
+        self.engine.cancel(key)
+        try:
+            self._send(stream.target, StreamMessage(np.zeros(0, np.int32), 0, "error", 0, 0, error))
+        except Exception:
+            log.exception("stream %s is gone", key)
+
+

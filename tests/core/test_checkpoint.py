@@ -1,0 +1,85 @@
+import json
+
+import pytest
+from safetensors import safe_open
+
+from nanovl.core.checkpoint import load_config
+from nanovl.core.errors import ServerError
+
+
+def test_config_has_the_real_models_keys(tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["architectures"] == ["Llama_Nemotron_Nano_VL"]
+    assert (config["downsample_ratio"], config["force_image_size"], config["patch_size"], config["ps_version"]) \
+        == (0.5, 512, 16, "v2")
+    assert config["llm_config"]["model_type"] == "llama"
+    assert config["vision_config"]["args"]["register_multiple"] == 8
+    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        assert (tiny_checkpoint / name).is_file()
+
+
+@pytest.mark.needs_torch
+def test_weights_use_the_real_names(tiny_checkpoint):
+    with safe_open(tiny_checkpoint / "model.safetensors", framework="pt") as handle:
+        keys = set(handle.keys())
+    prefixes = {k.split(".")[0] for k in keys}
+    assert prefixes == {"language_model", "vision_model", "mlp1"}
+    assert "language_model.model.embed_tokens.weight" in keys and "language_model.lm_head.weight" in keys
+    assert "vision_model.radio_model.model.blocks.0.attn.qkv.weight" in keys
+    assert "vision_model.radio_model.model.patch_generator.pos_embed" in keys
+    assert {"mlp1.0.weight", "mlp1.1.weight", "mlp1.3.weight"} <= keys
+
+
+def test_tokenizer_carries_llama_and_multimodal_specials(config, tokenizer):
+    base = tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+    # Llama 3.1's layout, shifted to the tiny base vocabulary: ids base+0 .. base+255, then the 9 added tokens.
+    assert tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|start_header_id|>"]) == [base + 9, base + 6]
+    mm = ["<image>", "<img>", "</img>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+    assert tokenizer.convert_tokens_to_ids(mm) == list(range(base + 256, base + 265))
+    assert config.vocab_size >= len(tokenizer) and config.vocab_size % 64 == 0
+    assert set(config.eos_token_ids) == {base + 1, base + 8, base + 9}
+
+
+def test_chat_template_is_llama31_without_forced_system(tokenizer):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": " hi "}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+@pytest.mark.needs_torch
+def test_generation_is_deterministic_from_the_seed(tmp_path):
+    import tiny_checkpoint as generator
+
+    a = generator.write(tmp_path / "a", seed=3)
+    b = generator.write(tmp_path / "b", seed=3)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_wrong_checkpoint_is_refused_clearly(tmp_path):
+    with pytest.raises(ServerError, match="no config.json"):
+        load_config(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ServerError, match="Llama_Nemotron_Nano_VL"):
+        load_config(tmp_path)
+
+
+def test_a_template_kept_in_its_own_file_reaches_an_older_loader(tiny_checkpoint, monkeypatch):
+    """transformers < 4.47 (TensorRT-LLM 0.14's container) reads no chat_template.jinja: load_tokenizer does."""
+    from transformers import PreTrainedTokenizerFast
+
+    from nanovl.core.checkpoint import load_config, load_tokenizer
+
+    loader = PreTrainedTokenizerFast.from_pretrained.__func__
+
+    def older(cls, *args, **kwargs):
+        tokenizer = loader(cls, *args, **kwargs)
+        tokenizer.chat_template = None
+        return tokenizer
+
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", classmethod(older))
+    tokenizer = load_tokenizer(load_config(tiny_checkpoint))
+    assert tokenizer.chat_template == (tiny_checkpoint / "chat_template.jinja").read_text()
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith(
+        "<|begin_of_text|><|start_header_id|>user")
