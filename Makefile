@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv with every dependency (CPU torch, tritonserver wheel)
 
 $(TINY)/config.json: $(STAMP) build/tiny_checkpoint.py
-	$(BIN)/python build/tiny_checkpoint.py $(TINY)
+	$(BIN)/python -m build.tiny_checkpoint $(TINY)
 
 checkpoint: $(TINY)/config.json ## Generate the tiny random-weight checkpoint in the real format
 
@@ -73,7 +73,7 @@ configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/serv
 	$(BIN)/python -m nanovl.serving.triton_config model_repository
 
 engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, CALIB_DATASET, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
-	$(ENGINE_PY) build/engine.py --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
+	$(ENGINE_PY) -m build.engine --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
 
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
 	docker build -t nanovl-triton:latest .
@@ -82,22 +82,22 @@ clean: ## Remove the virtualenvs, generated checkpoints and run files
 	rm -rf $(VENV) $(CVENV) checkpoints .run
 
 bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' continuous batching at 1, 8, 32 clients
-	$(BIN)/python bench/engine.py --checkpoint $(TINY)
+	$(BIN)/python -m bench.engine --checkpoint $(TINY)
 
 bench-serve: $(TINY)/config.json ## Streamed tok/s + TTFT at 1/16/64 clients: frontend+Triton vs engine in-process vs transformers serve
-	$(BIN)/python bench/serve.py --checkpoint $(TINY)
+	$(BIN)/python -m bench.serve --checkpoint $(TINY)
 
 soak: $(TINY)/config.json ## 5 rounds of 64 concurrent streams (text + images): zero errors, memory flat after round 1
-	$(BIN)/python bench/soak.py --checkpoint $(TINY)
+	$(BIN)/python -m bench.soak --checkpoint $(TINY)
 
 faults: $(STAMP) ## The fault tests alone: stage stubs and tritonserver killed, streams on a dead llm
 	$(BIN)/python -m pytest -q tests/integration/test_faults.py
 
 bench-gpu: ## On a GPU: vision tiles/s, prefill and decode tok/s at the real size (random weights) vs the device's peaks
-	$(if $(NANOVL_PYTORCH_PYTHON),$(NANOVL_PYTORCH_PYTHON),$(ENGINE_PY)) bench/gpu.py --device $(if $(DEVICE),$(DEVICE),cuda)
+	$(if $(NANOVL_PYTORCH_PYTHON),$(NANOVL_PYTORCH_PYTHON),$(ENGINE_PY)) -m bench.gpu --device $(if $(DEVICE),$(DEVICE),cuda)
 
 bench-vision: $(TINY)/config.json ## Tiles/s of the vision runtimes side by side: PyTorch vs onnxruntime (+ TensorRT with PLAN=)
-	$(BIN)/python bench/vision.py --checkpoint $(CHECKPOINT) $(if $(PLAN),--plan $(PLAN))
+	$(BIN)/python -m bench.vision --checkpoint $(CHECKPOINT) $(if $(PLAN),--plan $(PLAN))
 
 bench-preprocess: $(STAMP) ## Images/s of our tiling vs the straightforward reference (one core, identical tiles)
-	$(BIN)/python bench/preprocess.py
+	$(BIN)/python -m bench.preprocess

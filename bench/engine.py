@@ -1,27 +1,25 @@
 """make bench-engine: generated tokens/s of our reference engine against transformers' own continuous
 batching (generate_batch), same checkpoint, same prompts, same token counts, side by side in one run.
 
-    python bench/engine.py [--checkpoint DIR] [--tokens 64] [--concurrency 1 8 32]
+    python -m bench.engine [--checkpoint DIR] [--tokens 64] [--concurrency 1 8 32]
 """
 from __future__ import annotations
 
 import argparse
 import queue
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "build")]
+from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer
+from nanovl.engine.reference import ReferenceEngine
+from nanovl.engine.factory import EngineSettings
+from nanovl.engine.request import GenerationRequest, SamplingParams
+from nanovl.engine.runner import ModelRunner
 
-from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
-from nanovl.engine.reference import ReferenceEngine  # noqa: E402
-from nanovl.engine.factory import EngineSettings  # noqa: E402
-from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
-from nanovl.engine.runner import ModelRunner  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def prompts(tokenizer, n: int) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """Preprocessing speed: our tiling against the straightforward reference, side by side, on one core.
 
-    python bench/preprocess.py [--seconds 2]
+    python -m bench.preprocess [--seconds 2]
 
 Reference (vLLM's processor, spelled out): PIL resize of the whole image, a PIL crop per tile, a float
 conversion per tile ([3, S, S] in [0, 1]), and the thumbnail. Ours: nanovl.core.tiling.tile_image (uint8 tiles,

@@ -3,7 +3,7 @@ tritonserver ensemble) at 1, 16 and 64 concurrent clients, next to the same load
 (so the serving overhead is a ratio) and on `transformers serve --continuous-batching` (same weights, prompts
 and token budget). Each system runs alone on the machine; the HTTP clients are one asyncio process (httpx).
 
-    python bench/serve.py [--checkpoint DIR] [--tokens 64] [--rounds 4] [--concurrency 1 16 64] [--no-transformers]
+    python -m bench.serve [--checkpoint DIR] [--tokens 64] [--rounds 4] [--concurrency 1 16 64] [--no-transformers]
 
 Every client sends `rounds` requests one after the other (a closed loop), each a different chat prompt, greedy.
 Our engine and stack generate exactly --tokens tokens (min_tokens = max_tokens). transformers serve has no
@@ -23,16 +23,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
+from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer
+from nanovl.engine.factory import EngineSettings, build_engine
+from nanovl.engine.request import GenerationRequest, SamplingParams
+from nanovl.serving.launch import Stack, free_port, wait_for_http
+from nanovl.core.prompt import build_input_ids, parse_messages
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-
-from nanovl.core.checkpoint import load_config, load_llm, load_tokenizer  # noqa: E402
-from nanovl.engine.factory import EngineSettings, build_engine  # noqa: E402
-from nanovl.engine.request import GenerationRequest, SamplingParams  # noqa: E402
-from nanovl.serving.launch import Stack, free_port, wait_for_http  # noqa: E402
-from nanovl.core.prompt import build_input_ids, parse_messages  # noqa: E402
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 

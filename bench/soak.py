@@ -1,7 +1,7 @@
 """make soak: many concurrent streams, round after round, through a stack of its own (tritonserver + frontend);
 zero errors, every stream complete, and memory flat after the first round.
 
-    python bench/soak.py [--checkpoint DIR] [--streams 64] [--rounds 5] [--tokens 32] [--growth-mb 24]
+    python -m bench.soak [--checkpoint DIR] [--streams 64] [--rounds 5] [--tokens 32] [--growth-mb 24]
 
 Each round sends --streams chat completions at once, streamed, mixed: text-only ones and ones with one or two
 data-URL PNGs of a few sizes (1 to 13 tiles). A stream is complete when it ends with a finish_reason and
@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+from PIL import Image
+
+from nanovl.serving.launch import Stack, free_port
+from nanovl.serving.supervisor import stub_processes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from nanovl.serving.launch import Stack, free_port  # noqa: E402
-from nanovl.serving.supervisor import stub_processes  # noqa: E402
 
 MODEL = "nvidia/llama-3.1-nemotron-nano-vl-8b-v1"
 IMAGE_SIZES = ((512, 512), (1024, 512), (1024, 1024), (64, 48))   # 1, 3, 5 and 13 tiles (no 2x up-scale)

@@ -1,16 +1,16 @@
 """make bench-vision: tiles/s of the vision_encoder stage's runtimes side by side, same checkpoint, same tiles.
 
-    python bench/vision.py [--checkpoint DIR | --real-size] [--device cpu] [--threads 1] [--tiles 1 13 52]
+    python -m bench.vision [--checkpoint DIR | --real-size] [--device cpu] [--threads 1] [--tiles 1 13 52]
                            [--plan FILE.plan]
 
 PyTorch (nanovl.core.vision) against onnxruntime on the graph `make engine` exports (exported here first), and
 against a TensorRT engine when --plan names one (GPU). Outputs are checked equal before anything is timed.
---real-size runs C-RADIOv2-H + mlp1 at the real model's geometry with random weights (bench/gpu.py writes them).
+--real-size runs C-RADIOv2-H + mlp1 at the real model's geometry with random weights (from
+bench.random_checkpoint).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from bench.random_checkpoint import REAL, write_config, write_weights
+from nanovl.core.checkpoint import load_config
+from nanovl.core.vision_runtimes import VisionSettings, load_vision_engine
+from nanovl.core.vision_export import export_onnx, relative_error
 
-from nanovl.core.checkpoint import load_config  # noqa: E402
-from nanovl.core.vision_runtimes import VisionSettings, load_vision_engine  # noqa: E402
-from nanovl.core.vision_export import export_onnx, relative_error  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiles_per_second(engine, tiles: np.ndarray, seconds: float = 2.0) -> float:
@@ -37,13 +37,11 @@ def tiles_per_second(engine, tiles: np.ndarray, seconds: float = 2.0) -> float:
 
 def real_size_vision(workdir: Path):
     """A checkpoint of the real geometry with random weights for the vision part only (~1.3 GB)."""
-    import gpu as gpu_bench
-
     path = workdir / "real-vision"
     if (path / "model.safetensors.index.json").is_file():
         return load_config(path)
-    config = gpu_bench.write_config(path, gpu_bench.REAL)
-    gpu_bench.write_weights(config, torch.device("cpu"), llm_weights=False)
+    config = write_config(path, REAL)
+    write_weights(config, torch.device("cpu"), llm_weights=False)
     return config
 
 

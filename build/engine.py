@@ -1,6 +1,6 @@
 """`make engine`: a checkpoint of the real format -> TensorRT-LLM engine + a filled-in model repository.
 
-    python build/engine.py --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8] [--max-batch 8]
+    python -m build.engine --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8] [--max-batch 8]
                            [--tp 1] [--max-num-tokens 8192] [--vision tensorrt|pytorch] [--trtllm-examples DIR]
 
 Steps (each printed as the command it runs; --dry-run runs only the first, which needs no GPU):
@@ -36,13 +36,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from nanovl.core.checkpoint import CheckpointConfig, load_config
+from nanovl.core.errors import ServerError
+from nanovl.core.preprocess import PreprocessSettings
+from nanovl.core.vision_export import max_call_tiles
 
-from nanovl.core.checkpoint import CheckpointConfig, load_config  # noqa: E402
-from nanovl.core.errors import ServerError  # noqa: E402
-from nanovl.core.preprocess import PreprocessSettings  # noqa: E402
-from nanovl.core.vision_export import max_call_tiles  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
@@ -281,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {number}. {command.step}\n{command.shell()}", flush=True)
         if args.dry_run:
             continue
-        result = subprocess.run(command.argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        # Our steps are `python -m nanovl...` run from ROOT, which finds the package without PYTHONPATH; with it,
+        # this `build` package would shadow PyPI's in TensorRT-LLM's scripts.
+        result = subprocess.run(command.argv, cwd=ROOT)
         if result.returncode != 0:
             print(f"make engine: step {number} failed with exit code {result.returncode}", file=sys.stderr)
             return result.returncode

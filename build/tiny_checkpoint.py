@@ -4,7 +4,7 @@ Same files, config keys, weight names, tokenizer special tokens and chat templat
 tiny widths and depths and random weights, but the real tile size (512) and patch size (16), so tiling,
 prompt expansion and the vision path run exactly as on the real model. Deterministic from --seed.
 
-    python build/tiny_checkpoint.py OUT_DIR [--seed 0]
+    python -m build.tiny_checkpoint OUT_DIR [--seed 0]
 """
 from __future__ import annotations
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "build"))
 
 
 LAYERS = ("core", "engine", "serving", "frontend", "tooling", "integration")
@@ -22,24 +20,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(getattr(pytest.mark, layer))
 
 
-def load_script(name: str, path: Path):
-    """A script outside the package (build/, bench/) imported as module `name`; registered in sys.modules
-    because dataclasses look their module up there."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     # make test-container runs under a Python that cannot generate it (no torch): it passes `make checkpoint`'s.
     if os.environ.get("NANOVL_TEST_CHECKPOINT"):
         return Path(os.environ["NANOVL_TEST_CHECKPOINT"])
-    import tiny_checkpoint as generator
+    from build import tiny_checkpoint as generator
 
     return generator.write(tmp_path_factory.mktemp("tiny"), seed=0)
 

@@ -49,7 +49,7 @@ def test_chat_template_is_llama31_without_forced_system(tokenizer):
 
 @pytest.mark.needs_torch
 def test_generation_is_deterministic_from_the_seed(tmp_path):
-    import tiny_checkpoint as generator
+    from build import tiny_checkpoint as generator
 
     a = generator.write(tmp_path / "a", seed=3)
     b = generator.write(tmp_path / "b", seed=3)

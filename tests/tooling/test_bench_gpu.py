@@ -1,19 +1,18 @@
-"""bench/gpu.py (`make bench-gpu`): the real geometry is the real model's, and the whole run works at toy size
-on CPU, so that a session with a GPU spends its device time measuring, not debugging."""
+"""bench.gpu (`make bench-gpu`) and bench.random_checkpoint: the real geometry is the real model's, and the whole
+run works at toy size on CPU, so that a session with a GPU spends its device time measuring, not debugging."""
 import json
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, load_script
-
-bench = load_script("bench_gpu", ROOT / "bench" / "gpu.py")
+from bench import gpu as bench
+from bench.random_checkpoint import REAL, SMALL, write_config
 
 
 def test_real_geometry_is_the_8b_model_and_vit_h(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = bench.write_config(tmp_path, bench.REAL)
+    config = write_config(tmp_path, REAL)
     assert (config.vision.hidden_size, config.vision.num_layers, config.vision.num_heads, config.vision.mlp_dim) \
         == (1280, 32, 16, 5120)
     assert config.vision.num_cls_tokens + config.vision.num_registers == 8 and config.tokens_per_tile == 256
@@ -36,13 +35,13 @@ def test_every_part_runs_and_reports(small_run):
     code, results, _ = small_run
     assert code == 0 and results["errors"] == {}
     assert results["peak"]["matmul_tflops"] > 0 and results["peak"]["copy_gbps"] > 0
-    assert [row["tiles"] for row in results["vision"]] == list(bench.SMALL.tile_batches)
+    assert [row["tiles"] for row in results["vision"]] == list(SMALL.tile_batches)
     assert all(row["tiles_per_s"] > 0 and row["of_peak"] > 0 for row in results["vision"])
     assert results["llm"]["prefill"]["tokens_per_s"] > 0 and results["llm"]["image_prefill"]["tokens_per_s"] > 0
     assert results["llm"]["image_prefill"]["prompt_tokens"] == 13 * 256 + 24
     assert results["llm"]["decode_sampled"]["tokens_per_s"] > 0
     decode = results["llm"]["decode"]
-    assert [row["concurrency"] for row in decode] == list(bench.SMALL.concurrency)
+    assert [row["concurrency"] for row in decode] == list(SMALL.concurrency)
     assert all(row["tokens_per_s"] > 0 and row["transformers_tokens_per_s"] > 0 and row["of_limit"] > 0
                for row in decode)
 
@@ -52,9 +51,9 @@ def test_the_random_checkpoint_loads_through_the_stage_loaders(small_run):
     from nanovl.core.vision import load_vision
 
     config = load_config(small_run[2] / "small")
-    assert load_llm(config).config.num_hidden_layers == bench.SMALL.llm["num_hidden_layers"]
+    assert load_llm(config).config.num_hidden_layers == SMALL.llm["num_hidden_layers"]
     tiles = torch.zeros(1, 512, 512, 3, dtype=torch.uint8)
-    assert load_vision(config)(tiles).shape == (1, 256, bench.SMALL.llm["hidden_size"])
+    assert load_vision(config)(tiles).shape == (1, 256, SMALL.llm["hidden_size"])
 
 
 def test_a_failing_part_does_not_hide_the_others(tmp_path, monkeypatch, capsys):
@@ -64,7 +63,12 @@ def test_a_failing_part_does_not_hide_the_others(tmp_path, monkeypatch, capsys):
     results = json.loads((tmp_path / "r.json").read_text())
     assert code == 1 and "ZeroDivisionError" in results["errors"]["vision"]
     assert results["llm"]["prefill"]["tokens_per_s"] > 0 and "decode" not in results["llm"]
-    assert "vision: FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    # Every line once, the figures measured after the failure too (a later emit() once reprinted the failure).
+    assert sum(line.startswith("vision: FAILED") for line in out) == 1
+    assert sum(line.startswith("prefill:") for line in out) == 1
+    assert sum(line.startswith("image prefill:") for line in out) == 1
+    assert len(out) == len(set(out)) == len(bench.report(results).splitlines())
 
 
 def test_a_failure_inside_the_llm_part_keeps_its_earlier_figures(tmp_path, monkeypatch):

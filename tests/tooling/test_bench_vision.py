@@ -1,8 +1,6 @@
 """bench/vision.py (`make bench-vision`): the runtimes are checked equal, then timed side by side."""
 
-from tests.conftest import ROOT, load_script
-
-bench = load_script("bench_vision", ROOT / "bench" / "vision.py")
+from bench import vision as bench
 
 
 def test_pytorch_and_onnxruntime_side_by_side(tiny_checkpoint, capsys):

@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, chat_ids, load_script
-
-make_engine = load_script("build_engine", ROOT / "build" / "engine.py")
+from build import engine as make_engine
+from tests.conftest import ROOT, chat_ids
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +137,9 @@ def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, mes
         weights = load_file(str(broken / "model.safetensors"))
         save_file({k: v for k, v in weights.items() if not k.startswith("language_model.")},
                   str(broken / "model.safetensors"))
-    result = subprocess.run([sys.executable, str(ROOT / "build" / "engine.py"), "--checkpoint", str(broken),
-                             "--out", str(tmp_path / "out"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "build.engine", "--checkpoint", str(broken),
+                             "--out", str(tmp_path / "out"), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 2
     assert "wrong checkpoint" in result.stderr and message in result.stderr
     assert not (tmp_path / "out").exists()

@@ -54,9 +54,11 @@ def test_the_entrypoint_is_copied_where_it_is_run():
 def test_the_scripts_of_the_images_make_targets_are_copied(target):
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
-    scripts = re.findall(r"\b([\w-]+/[\w/-]+\.py)\b", recipe)
+    # Our scripts run as modules (`python -m build.engine`), from the repository root as from /opt/nanovl.
+    scripts = [module.replace(".", "/") + ".py" for module in re.findall(r"\s-m\s+([\w.]+)", recipe)]
     assert scripts and _in_image("Makefile")
     for script in scripts:
+        assert (ROOT / script).is_file(), f"make {target} runs {script}, which the repository does not have"
         assert _in_image(script), f"make {target} runs {script}, which the image does not have"
 
 
