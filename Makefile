@@ -18,9 +18,9 @@ VISION ?= tensorrt
 CONTAINER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10) $(PYTHON))
 CVENV ?= .venv-container
 CSTAMP := $(CVENV)/.installed
-# Every unit test file runs there but those of code the image's python3 does not run or that need torch (or a
-# checker the image lacks: vermin, lint-imports) at import:
-# a new file is in the container run unless it is named here.
+# Every unit test file runs there but those of code the image's python3 does not run, those that need torch at
+# import and those of checkers the image lacks (vermin, lint-imports): a new file is in the container run unless
+# it is named here.
 MAIN_ONLY_TESTS := bench_gpu bench_vision build_engine container_python deploy dockerfile import_contracts reference vision \
 	vision_export vision_tensorrt
 LAYERS := core engine serving frontend tooling
