@@ -40,7 +40,7 @@ RUN pip install --no-cache-dir --no-deps -e . \
 #   its matching torchvision (the container's was built for 2.4 and would fail to load beside it).
 RUN python3 -m venv --system-site-packages /opt/nanovl/pytorch-venv \
     && /opt/nanovl/pytorch-venv/bin/pip install --no-cache-dir torch==2.9.1 torchvision==0.24.1 'numpy<2' \
-        'transformers>=5,<6' 'tokenizers>=0.21' 'onnx>=1.16' 'onnxscript>=0.2' 'onnxruntime>=1.18'
+        'transformers>=5.13,<6' 'tokenizers>=0.21' 'onnx>=1.16' 'onnxscript>=0.2' 'onnxruntime>=1.18'
 
 # The container's tritonserver, not the CPU wheel's; the checkpoint is mounted at /models/checkpoint.
 ENV NANOVL_TRITONSERVER_DIR=/opt/tritonserver \

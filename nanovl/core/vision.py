@@ -7,6 +7,7 @@ map from the checkpoint's NVlabs/timm names and the pixel shuffle + projector ar
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -15,19 +16,38 @@ from .checkpoint import CheckpointConfig, WeightFiles, torch_dtype
 from .errors import ServerError
 
 _RADIO_PREFIX = "vision_model.radio_model."
-# NVlabs RADIO / timm names (after `vision_model.radio_model.`) -> transformers RadioModel names.
+# NVlabs RADIO / timm names (after `vision_model.radio_model.`) -> transformers RadioModel names; a layer's
+# attention (`attn.qkv`, `attn.proj`) is named by _ATTENTION_NAMES.
 _RADIO_RENAMES = [
     (r"^model\.patch_generator\.embedder\.", "embeddings.patch_projection."),
     (r"^model\.patch_generator\.pos_embed$", "embeddings.position_embedding"),
     (r"^model\.patch_generator\.cls_token\.token$", "embeddings.cls_register_token"),
-    (r"^model\.blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.o_proj."),
     (r"^model\.blocks\.(\d+)\.", r"encoder.layer.\1."),
     (r"^input_conditioner\.", "input_conditioner."),
 ]
+# RadioModel's names for a layer's query, key, value and output projections. It shipped in transformers 5.13 with
+# ViT's nested attention modules and took Llama-style names in 5.18; the model's own keys say which it has.
+_ATTENTION_NAMES = (
+    ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),   # 5.18 and later
+    ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+     "attention.output.dense"),                                                          # 5.13 to 5.17
+)
 
 
-def radio_state_dict(checkpoint: dict) -> dict:
-    """Rename checkpoint tensors for RadioModel; split timm's fused qkv into q/k/v projections."""
+def attention_names(model_keys: Iterable[str]) -> tuple[str, str, str, str]:
+    """The (query, key, value, output) module names of a RadioModel's attention, read off its state_dict keys."""
+    keys = set(model_keys)
+    for names in _ATTENTION_NAMES:
+        if f"encoder.layer.0.{names[0]}.weight" in keys:
+            return names
+    seen = sorted(k for k in keys if k.startswith("encoder.layer.0.attention"))
+    raise ServerError(f"transformers' RadioModel names its attention weights in a way nanovl does not know: {seen}")
+
+
+def radio_state_dict(checkpoint: dict, model_keys: Iterable[str]) -> dict:
+    """Rename checkpoint tensors to the names of the RadioModel whose state_dict keys are `model_keys`; split
+    timm's fused qkv into the q/k/v projections."""
+    *qkv_names, output = attention_names(model_keys)
     state = {}
     for key, tensor in checkpoint.items():
         for pattern, repl in _RADIO_RENAMES:
@@ -37,10 +57,10 @@ def radio_state_dict(checkpoint: dict) -> dict:
         else:
             continue   # summary indices, adaptor heads: summary machinery the VLM does not use
         if ".attn.qkv." in key:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                state[key.replace("attn.qkv", f"attention.{name}")] = part
+            for name, part in zip(qkv_names, tensor.chunk(3, dim=0)):
+                state[key.replace(".attn.qkv.", f".{name}.")] = part
         else:
-            state[key] = tensor
+            state[key.replace(".attn.proj.", f".{output}.")] = tensor
     return state
 
 
@@ -92,7 +112,7 @@ class VisionEncoder(nn.Module):
 def load_vision(config: CheckpointConfig, *, dtype: str | None = None, device: str = "cpu") -> VisionEncoder:
     weights = WeightFiles(config.path)
     encoder = VisionEncoder(config)
-    radio_state = radio_state_dict(weights.load(_RADIO_PREFIX))
+    radio_state = radio_state_dict(weights.load(_RADIO_PREFIX), encoder.radio.state_dict())
     # LayerScale is absent in C-RADIO (identity at 1.0); everything else must come from the checkpoint.
     missing = {k for k in encoder.radio.state_dict()
                if k not in radio_state and "layer_scale" not in k and k != "summary_idxs"}

@@ -3,12 +3,15 @@ import io
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from nanovl.core.vision import load_vision, pixel_shuffle
+from nanovl.core.checkpoint import WeightFiles
+from nanovl.core.errors import ServerError
+from nanovl.core.vision import attention_names, load_vision, pixel_shuffle, radio_state_dict
 
 
 def reference_embeddings(config, tiles: torch.Tensor) -> torch.Tensor:
@@ -81,11 +84,67 @@ def test_encoder_loads_real_names_and_gives_256_embeddings_per_tile(config):
     assert out.shape == (3, config.tokens_per_tile, config.llm_hidden_size) == (3, 256, config.llm_hidden_size)
     weights = load_file(str(config.path / "model.safetensors"))
     qkv = weights["vision_model.radio_model.model.blocks.1.attn.qkv.weight"]
-    w = encoder.radio.encoder.layer[1].attention
-    torch.testing.assert_close(torch.cat([w.q_proj.weight, w.k_proj.weight, w.v_proj.weight]), qkv)
+    radio = encoder.radio.state_dict()
+    q, k, v, _ = attention_names(radio)   # as this transformers names them
+    torch.testing.assert_close(torch.cat([radio[f"encoder.layer.1.{name}.weight"] for name in (q, k, v)]), qkv)
     torch.testing.assert_close(encoder.mlp1[3].weight, weights["mlp1.3.weight"])
     # tiles are independent: a batch equals its tiles one at a time
     torch.testing.assert_close(encoder(tiles[1:2]), out[1:2], atol=1e-5, rtol=1e-5)
+
+
+# RadioModel's state_dict keys as transformers names them, read from each release's models/radio/modeling_radio.py:
+# it first shipped in 5.13 with ViT's nested attention modules, renamed Llama-style in 5.18 (a 5.17 machine failed
+# with "vision weights missing: ['encoder.layer.0.attention.attention.key.bias', ...]").
+_MODEL_KEYS = ["summary_idxs", "input_conditioner.norm_mean", "input_conditioner.norm_std",
+               "embeddings.position_embedding", "embeddings.cls_register_token", "embeddings.patch_projection.weight"]
+_LAYER_KEYS = {
+    "5.13-5.17": ["norm1.weight", "norm1.bias",
+                  "attention.attention.query.weight", "attention.attention.query.bias",
+                  "attention.attention.key.weight", "attention.attention.key.bias",
+                  "attention.attention.value.weight", "attention.attention.value.bias",
+                  "attention.output.dense.weight", "attention.output.dense.bias", "layer_scale1.lambda1",
+                  "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+                  "layer_scale2.lambda1"],
+    "5.18+": ["norm1.weight", "norm1.bias", "attention.q_proj.weight", "attention.q_proj.bias",
+              "attention.k_proj.weight", "attention.k_proj.bias", "attention.v_proj.weight", "attention.v_proj.bias",
+              "attention.o_proj.weight", "attention.o_proj.bias", "layer_scale1.lambda1", "norm2.weight",
+              "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+              "layer_scale2.lambda1"],
+}
+# The projections of each naming, in the order of timm's fused qkv, then the output projection.
+_PROJECTIONS = {"5.13-5.17": ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                              "attention.output.dense"),
+                "5.18+": ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj")}
+
+
+@pytest.mark.parametrize("release", _LAYER_KEYS)
+def test_checkpoint_names_map_onto_each_releases_radio_model(config, release):
+    keys = _MODEL_KEYS + [f"encoder.layer.{i}.{key}" for i in range(config.vision.num_layers)
+                          for key in _LAYER_KEYS[release]]
+    checkpoint = WeightFiles(config.path).load("vision_model.radio_model.")
+    state = radio_state_dict(checkpoint, keys)
+    # Every weight but LayerScale (absent in C-RADIO) and the summary indices (a buffer the model makes), no other.
+    assert set(state) == {k for k in keys if "layer_scale" not in k and k != "summary_idxs"}
+    q, k, v, out = _PROJECTIONS[release]
+    for i in range(config.vision.num_layers):
+        block, layer = f"model.blocks.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            fused = checkpoint[f"{block}attn.qkv.{kind}"]
+            torch.testing.assert_close(torch.cat([state[f"{layer}{name}.{kind}"] for name in (q, k, v)]), fused)
+            torch.testing.assert_close(state[f"{layer}{out}.{kind}"], checkpoint[f"{block}attn.proj.{kind}"])
+
+
+def test_installed_radio_model_is_one_of_them():
+    from transformers import RadioConfig, RadioModel
+
+    keys = RadioModel(RadioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).state_dict()
+    release = next((r for r, names in _PROJECTIONS.items() if names == attention_names(keys)), None)
+    assert release and set(keys) == set(_MODEL_KEYS + [f"encoder.layer.0.{k}" for k in _LAYER_KEYS[release]])
+
+
+def test_an_unknown_attention_naming_is_refused_clearly():
+    with pytest.raises(ServerError, match=r"does not know: \['encoder.layer.0.attention.qkv.weight'\]"):
+        attention_names(["embeddings.position_embedding", "encoder.layer.0.attention.qkv.weight"])
 
 
 def test_identical_tiles_give_identical_embeddings(config):
