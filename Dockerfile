@@ -25,7 +25,7 @@ COPY bench ./bench
 COPY deploy/entrypoint.sh deploy/serve-requirements.txt ./deploy/
 
 # Two Pythons, because TensorRT-LLM 0.14 pins transformers <= 4.45 (and tokenizers to match) while the PyTorch
-# vision encoder needs transformers 5 (RadioModel):
+# vision encoder needs transformers >= 5.13 (RadioModel):
 # - the container's python3 runs TensorRT-LLM: the conversion steps, trtllm-build, the vision TensorRT build,
 #   and tritonserver's stages when serving engines. Our package goes in without its dependencies, so
 #   transformers and tokenizers stay at TensorRT-LLM's versions; numpy<2 is what both it and the 2.51 stub need.

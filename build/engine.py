@@ -17,7 +17,7 @@ Steps (each printed as the command it runs; --dry-run runs only the first, which
 The vision encoder is a TensorRT engine by default because NVIDIA's TensorRT-LLM container pins a transformers
 older than the 5.x whose RadioModel the PyTorch encoder uses; the export runs in an environment of its own
 (--export-python, $NANOVL_EXPORT_PYTHON; the Dockerfile makes one). --vision pytorch keeps the PyTorch encoder
-(bf16, CUDA) where transformers 5 is installed. Whether TensorRT beats PyTorch here is not measured yet
+(bf16, CUDA) where transformers >= 5.13 is installed. Whether TensorRT beats PyTorch here is not measured yet
 (`make bench-gpu` measures PyTorch against the device's peak).
 Flags checked against TensorRT-LLM's sources of the 0.14 release (tensorrt_llm/commands/build.py, plugin/plugin.py,
 builder.py, examples/llama/convert_checkpoint.py, examples/quantization/quantize.py, read at main-branch commits
@@ -227,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preprocessing-instances", type=int, default=DEFAULT_PREPROCESSING_INSTANCES,
                         help="preprocessing stage instances (image fetch, decode, tiling)")
     parser.add_argument("--export-python", default=os.environ.get("NANOVL_EXPORT_PYTHON"),
-                        help="interpreter with transformers >= 5 for the vision export (default: --python)")
+                        help="interpreter with transformers >= 5.13 for the vision export (default: --python)")
     parser.add_argument("--trtllm-examples", default=DEFAULT_EXAMPLES, help="TensorRT-LLM's examples folder")
     parser.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
     args = parser.parse_args(argv)
@@ -243,23 +243,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def transformers_major() -> int | None:
-    """This interpreter's transformers major version (the one that serves the engines), or None."""
+# The first transformers with RadioModel (nanovl.core.vision); pyproject's floor.
+RADIO_TRANSFORMERS = (5, 13)
+
+
+def transformers_version() -> tuple[int, int] | None:
+    """This interpreter's transformers (major, minor) (the one that serves the engines), or None."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return int(version("transformers").split(".")[0])
-    except PackageNotFoundError:
+        major, minor = version("transformers").split(".")[:2]
+        return int(major), int(minor)
+    except (PackageNotFoundError, ValueError):
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    major = transformers_major() if args.vision == "pytorch" else None
-    if args.vision == "pytorch" and (major or 0) < 5:
+    found = transformers_version() if args.vision == "pytorch" else None
+    if args.vision == "pytorch" and (found or (0, 0)) < RADIO_TRANSFORMERS:
         # The stages serve under this Python (TensorRT-LLM's); the PyTorch encoder needs RadioModel.
-        print("make engine: VISION=pytorch needs transformers >= 5 (RadioModel) in the Python that serves the "
-              f"TensorRT-LLM engine; this one has {major or 'none'}: use VISION=tensorrt", file=sys.stderr)
+        have = ".".join(map(str, found)) if found else "none"
+        print("make engine: VISION=pytorch needs transformers >= 5.13 (RadioModel) in the Python that serves the "
+              f"TensorRT-LLM engine; this one has {have}: use VISION=tensorrt", file=sys.stderr)
         return 2
     if args.calib_dataset and not args.dry_run and not Path(args.calib_dataset).is_dir():
         # quantize.py reads a local dataset only from a directory; anything else fails after the conversion.

@@ -4,7 +4,7 @@ onnxruntime, and a TensorRT engine built from it (GPU only).
     python -m nanovl.core.vision_export --checkpoint DIR --onnx FILE.onnx [--export] [--check] [--tensorrt FILE.plan]
                                    [--max-tiles 52 (max_call_tiles)] [--opt-tiles 13]
 
-The three steps can run in different environments: exporting needs transformers >= 5 (RadioModel), building
+The three steps can run in different environments: exporting needs transformers >= 5.13 (RadioModel), building
 needs TensorRT, and NVIDIA's TensorRT-LLM container pins an older transformers (Dockerfile).
 
 The graph is the whole stage: tiles in (float32 [n, S, S, 3] RGB, 0..255; [0, 1] scaling and CLIP
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--onnx", type=Path, required=True, help="the ONNX file (written with --export)")
-    parser.add_argument("--export", action="store_true", help="export the graph (needs transformers >= 5)")
+    parser.add_argument("--export", action="store_true", help="export the graph (needs transformers >= 5.13)")
     parser.add_argument("--check", action="store_true", help="compare it with PyTorch through onnxruntime")
     parser.add_argument("--tensorrt", type=Path, help="build a TensorRT engine from it here (GPU, tensorrt)")
     parser.add_argument("--max-tiles", type=int, default=max_call_tiles(), help="most tiles one call takes")

@@ -147,12 +147,14 @@ def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, mes
 
 def test_vision_pytorch_is_refused_where_transformers_cannot_run_it(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     # In NVIDIA's TensorRT-LLM 0.14 container python3 has transformers 4.45: no RadioModel.
-    monkeypatch.setattr(make_engine, "transformers_major", lambda: 4)
-    assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dry-run",
-                             "--vision", "pytorch"]) == 2
-    assert "VISION=pytorch needs transformers >= 5" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(make_engine, "transformers_major", lambda: 5)
+    # transformers 5.0-5.12 have no RadioModel either.
+    for old in ((4, 45), (5, 12)):
+        monkeypatch.setattr(make_engine, "transformers_version", lambda: old)
+        assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dry-run",
+                                 "--vision", "pytorch"]) == 2
+        assert "VISION=pytorch needs transformers >= 5.13" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(make_engine, "transformers_version", lambda: (5, 13))
     assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dry-run",
                              "--vision", "pytorch"]) == 0
 
