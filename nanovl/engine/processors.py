@@ -26,9 +26,10 @@ class LogitsProcessor(Protocol):
         device. Modifies them in place and returns None, or returns new float [m, vocab] logits."""
 
 
-def _per_row(seqs: list[Sequence], value, like: torch.Tensor) -> torch.Tensor:
-    """float [m, 1] of value(params) per row, in the logits' dtype: the same float a Python scalar becomes."""
-    return torch.tensor([[value(seq.request.sampling)] for seq in seqs], dtype=like.dtype, device=like.device)
+def per_row(values: list[float], like: torch.Tensor) -> torch.Tensor:
+    """float [m, 1] of one setting per row, in the dtype of `like`: the same float a Python scalar becomes, so
+    each row's arithmetic is what it would be with its own scalar settings."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None]
 
 
 def _cells(rows: list, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +68,7 @@ class RepetitionPenalty:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         seen = _token_mask([np.concatenate([seq.request.prompt_ids, np.asarray(seq.output_ids, np.int64)])
                             for seq in seqs], logits)
-        penalty = _per_row(seqs, lambda p: p.repetition_penalty, logits)
+        penalty = per_row([seq.request.sampling.repetition_penalty for seq in seqs], logits)
         penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits.copy_(torch.where(seen, penalized, logits))
 
@@ -82,8 +83,8 @@ class FrequencyPresencePenalty:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         counts = _token_counts([seq.output_ids for seq in seqs], logits)
-        frequency = _per_row(seqs, lambda p: p.frequency_penalty, logits)
-        presence = _per_row(seqs, lambda p: p.presence_penalty, logits)
+        frequency = per_row([seq.request.sampling.frequency_penalty for seq in seqs], logits)
+        presence = per_row([seq.request.sampling.presence_penalty for seq in seqs], logits)
         logits -= frequency * counts + presence * (counts > 0).to(logits.dtype)
 
 

@@ -4,8 +4,8 @@ Per row, each step, the cheapest path that gives its answer:
 - plain greedy (greedy, no processor applies, no logprobs): the batched argmax, which never leaves the device;
 - every other row is gathered once; rows asking for logprobs take them from the model's own distribution
   first (as vLLM reports them); the processors (processors.py) run batch-wise on the rows each applies to;
-  greedy rows then take the argmax, and sampled rows go to the host in one copy to be drawn with their
-  request's own torch.Generator.
+  greedy rows then take the argmax; sampled rows get their temperature, top-k and top-p batch-wise on the
+  device, and their probabilities go to the host in one copy to be drawn with their request's own generator.
 A generator per request makes a seed give the same tokens whatever else is in the batch; keeping it on the host
 makes the draws the same on any device.
 """
@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from .processors import PROCESSORS, LogitsProcessor
+from .processors import PROCESSORS, LogitsProcessor, per_row
 from .request import SamplingParams, TokenLogprob
 from .scheduler import Sequence
 
@@ -36,19 +36,40 @@ def make_generator(params: SamplingParams) -> torch.Generator:
     return generator
 
 
-def draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """logits: float [vocab] on the host, processors applied -> a token drawn under temperature, top-k, top-p."""
-    logits = logits / params.temperature
-    if params.top_k:
-        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+def probabilities(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """logits: float [d, vocab] of rows that sample, processors applied -> probabilities float [d, vocab] under
+    each row's temperature, top-k and top-p, batch-wise on the logits' device. Row by row on the host they were
+    the suspect when sampled decode measured 10x slower than greedy at 64 clients on a GPU: over a 128k
+    vocabulary they cost 4 to 18 ms a row on a CPU core, most of it top-p's sort. On the CPU each row's values
+    are bitwise those the per-row code gave it alone (tests/engine/test_sampler.py); not yet measured on a GPU.
+    """
+    logits = logits / per_row([p.temperature for p in params], logits)
+    cut = [j for j, p in enumerate(params) if p.top_k]
+    if cut:
+        index, k = _rows(cut, logits), [min(params[j].top_k, logits.shape[-1]) for j in cut]
+        picked = logits[index]
+        kth = torch.topk(picked, max(k)).values.gather(1, _rows(k, logits)[:, None] - 1)   # [c, 1]
+        logits[index] = picked.masked_fill(picked < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+    nucleus = [j for j, p in enumerate(params) if p.top_p < 1.0]
+    if nucleus:
+        index = _rows(nucleus, probs)
+        sorted_probs, order = torch.sort(probs[index], dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        sorted_probs[torch.cumsum(sorted_probs, 0) - sorted_probs >= params.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        top_p = per_row([params[j].top_p for j in nucleus], probs)
+        sorted_probs[torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p] = 0.0
+        probs[index] = torch.zeros_like(sorted_probs).scatter_(1, order, sorted_probs)
+    return probs
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> list[int]:
+    """probs: float [d, vocab] -> a token per row, each drawn on the host with its own generator, so a seed
+    draws the same whatever the batch and the device. (One host copy; the draw itself is a pass over the row.)"""
+    return [int(torch.multinomial(row, 1, generator=g)) for row, g in zip(probs.cpu(), generators)]
+
+
+def _rows(rows: list[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=like.device)
 
 
 def token_logprobs(logprobs: torch.Tensor, tokens: list[int], tops: list[int]) -> list[TokenLogprob]:
@@ -83,7 +104,7 @@ class Sampler:
         rows = [i for i, seq in enumerate(seqs) if wants[i] or not _argmax_answers(seq.request.sampling)]
         samples = [Sample(token) for token in logits.argmax(dim=-1).tolist()]   # each plain greedy row's answer
         if rows:
-            gathered = self._gathered(logits[self._index(rows, logits)], [seqs[i] for i in rows],
+            gathered = self._gathered(logits[_rows(rows, logits)], [seqs[i] for i in rows],
                                       [wants[i] for i in rows])
             for i, sample in zip(rows, gathered):
                 samples[i] = sample
@@ -94,13 +115,14 @@ class Sampler:
         """logits: float [m, vocab], a copy of the rows that need more than an argmax, which the processors
         may write; wants[j]: the processors that apply to seqs[j]."""
         asked = [j for j, seq in enumerate(seqs) if seq.request.sampling.logprobs is not None]
-        model_logprobs = torch.log_softmax(logits[self._index(asked, logits)], dim=-1) if asked else None
+        model_logprobs = torch.log_softmax(logits[_rows(asked, logits)], dim=-1) if asked else None
         self._process(logits, seqs, wants)
         tokens = logits.argmax(dim=-1).tolist()
         drawn = [j for j, seq in enumerate(seqs) if not seq.request.sampling.greedy]
-        if drawn:   # one copy to the host, where the generators are
-            for j, row in zip(drawn, logits[self._index(drawn, logits)].cpu()):
-                tokens[j] = draw(row, seqs[j].request.sampling, self._generator(seqs[j]))
+        if drawn:
+            probs = probabilities(logits[_rows(drawn, logits)], [seqs[j].request.sampling for j in drawn])
+            for j, token in zip(drawn, draw(probs, [self._generator(seqs[j]) for j in drawn])):
+                tokens[j] = token
         samples = [Sample(token) for token in tokens]
         if asked:
             tops = [seqs[j].request.sampling.logprobs for j in asked]
@@ -113,14 +135,10 @@ class Sampler:
         for processor in self.processors:
             at = [j for j, want in enumerate(wants) if processor in want]
             if at:
-                index = self._index(at, logits)
+                index = _rows(at, logits)
                 rows = logits[index]
                 out = processor(rows, [seqs[j] for j in at])
                 logits[index] = rows if out is None else out
-
-    @staticmethod
-    def _index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(rows, dtype=torch.long, device=like.device)
 
     def _generator(self, seq: Sequence) -> torch.Generator:
         if seq.key not in self._generators:

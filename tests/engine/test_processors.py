@@ -7,7 +7,7 @@ import torch
 
 from nanovl.engine.processors import PROCESSORS, FrequencyPresencePenalty, MinTokensStops, RepetitionPenalty
 from nanovl.engine.request import GenerationRequest, SamplingParams
-from nanovl.engine.sampler import Sampler, draw, make_generator
+from nanovl.engine.sampler import Sampler, make_generator
 from nanovl.engine.scheduler import Sequence
 
 VOCAB = 64
@@ -32,6 +32,19 @@ def per_row_penalties(row: torch.Tensor, s: Sequence) -> torch.Tensor:
     return row
 
 
+def per_row_draw(row: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """One row on its own, as the engine drew before the sampler was batched: temperature, top-k, top-p, draw."""
+    row = row / params.temperature
+    if params.top_k:
+        row = row.masked_fill(row < torch.topk(row, min(params.top_k, len(row))).values[-1], float("-inf"))
+    probs = torch.softmax(row, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs[torch.cumsum(sorted_probs, 0) - sorted_probs >= params.top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 PENALIZED = [
     dict(prompt=(5, 6, 7, VOCAB + 3), output=(5, 9, 9, 9), repetition_penalty=1.3),   # an image row in the prompt
     dict(output=(4, 4, 8), frequency_penalty=0.7, presence_penalty=-0.4),
@@ -52,7 +65,7 @@ def test_penalties_give_the_per_row_formulas_logits_and_tokens():
         if temperature == 0.0:
             assert tokens == expected.argmax(dim=-1).tolist()
         else:
-            assert tokens == [draw(expected[i], s.request.sampling, make_generator(s.request.sampling))
+            assert tokens == [per_row_draw(expected[i], s.request.sampling, make_generator(s.request.sampling))
                               for i, s in enumerate(seqs)]
 
 

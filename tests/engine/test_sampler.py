@@ -5,8 +5,24 @@ import zlib
 import torch
 
 from nanovl.engine import sampler as sampler_module
-from nanovl.engine.sampler import Sampler
-from tests.engine.test_processors import VOCAB, Recording, seq
+from nanovl.engine.request import SamplingParams
+from nanovl.engine.sampler import Sampler, draw, make_generator, probabilities
+from tests.engine.test_processors import VOCAB, Recording, per_row_draw, seq
+
+
+def test_batched_probabilities_draw_what_each_row_would_draw_alone():
+    settings = [dict(temperature=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=1.3, top_k=5),
+                dict(temperature=0.5, top_k=20, top_p=0.5), dict(temperature=2.0, top_k=VOCAB + 5, top_p=0.99)]
+    params = [SamplingParams(seed=i, **kw) for i, kw in enumerate(settings)]
+    logits = _logits(len(params), seed=3)
+    for _ in range(5):
+        generators = [[make_generator(p) for p in params] for _ in range(2)]
+        batched = draw(probabilities(logits.clone(), params), generators[0])
+        assert batched == [per_row_draw(logits[i], p, g) for i, (p, g) in enumerate(zip(params, generators[1]))]
+        logits = logits.roll(1, dims=-1)
+    probs = probabilities(logits, params)
+    assert (probs[2] > 0).sum() == 5 and (probs[0] > 0).all()
+    assert float(probs[1].sum()) >= 0.9 and float(probs[3].sum()) >= 0.5   # top_p keeps at least its mass
 
 
 def _logits(n, seed=0):
@@ -52,15 +68,16 @@ def test_plain_greedy_rows_stay_with_the_batched_argmax(monkeypatch):
     real_gathered, real_draw = sampler._gathered, sampler_module.draw
     monkeypatch.setattr(sampler, "_gathered", lambda logits, seqs, wants: (
         gathered.append([s.request_id for s in seqs]), real_gathered(logits, seqs, wants))[1])
-    monkeypatch.setattr(sampler_module, "draw", lambda row, params, generator: (
-        drawn.append(row.clone()), real_draw(row, params, generator))[1])
+    monkeypatch.setattr(sampler_module, "draw", lambda probs, generators: (
+        drawn.append(probs.clone()), real_draw(probs, generators))[1])
     seqs = [seq("plain", temperature=0.0), seq("sampled", temperature=1.0, seed=5),
             seq("logprobs", temperature=0.0, logprobs=2), seq("penalized", temperature=0.0, repetition_penalty=1.2),
             seq("top_k_1", temperature=0.7, top_k=1)]
     logits = _logits(len(seqs))
     samples = sampler(logits, seqs)
     assert gathered == [["sampled", "logprobs", "penalized"]]
-    assert len(drawn) == 1 and torch.equal(drawn[0], logits[1])   # only the sampled row reaches the host draw
+    assert [len(probs) for probs in drawn] == [1]   # only the sampled row reaches the host draw
+    assert torch.equal(drawn[0][0], torch.softmax(logits[1], dim=-1))
     assert [samples[i].token for i in (0, 4)] == [int(logits[0].argmax()), int(logits[4].argmax())]
     assert samples[0].logprob is None and [t for t, _ in samples[2].logprob.top] == logits[2].topk(2).indices.tolist()
     sampler(_logits(2), [seqs[0], seqs[4]])
