@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from ..core.checkpoint import CheckpointConfig
 from ..core.errors import ServerError
-from .request import EngineOutput
+from .protocol import Engine, OnOutput
 
 ENGINES = ("reference", "tensorrt_llm")
 
@@ -38,8 +37,8 @@ class EngineSettings:
     executor_worker_path: str = ""   # tensor parallelism: "" finds TensorRT-LLM's executorWorker
 
 
-
-def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: Callable[[EngineOutput], None]):
+def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: OnOutput) -> Engine:
+    """The engine the settings name, started."""
     if settings.engine == "reference":
         import torch
 
@@ -55,7 +54,8 @@ def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: 
     if settings.engine == "tensorrt_llm":
         from pathlib import Path
 
-        from .trtllm import TrtLlmEngine, TrtLlmOptions
+        from .trtllm import TrtLlmEngine
+        from .trtllm_mapping import TrtLlmOptions
 
         if not settings.engine_dir:
             raise ServerError("engine tensorrt_llm needs parameter engine_dir (the output of `make engine`)")

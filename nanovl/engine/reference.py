@@ -1,7 +1,6 @@
 """The PyTorch reference engine: a background loop steps a batch that requests join and leave between steps.
 
-Same semantics as TensorRT-LLM's executor behind the same calls: submit, outputs through a callback
-(tokens since the last output, a finish reason on the last one), cancel by id.
+Same semantics as TensorRT-LLM's executor behind the same calls: the Engine protocol (protocol.py).
 """
 from __future__ import annotations
 
@@ -9,27 +8,32 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
 
+from .protocol import OnOutput
 from .request import EngineOutput, EngineStats, GenerationRequest
 from .runner import ModelRunner
-from .sampler import apply_penalties, choose, logprob_of, make_generator
+from .sampler import Sample, Sampler
 from .scheduler import Scheduler, Sequence
 
 log = logging.getLogger(__name__)
 
 
 class ReferenceEngine:
-    def __init__(self, runner: ModelRunner, on_output: Callable[[EngineOutput], None], *, max_running: int = 16,
-                 max_step_tokens: int = 8192):
+    """An Engine (protocol.py): the scheduler picks each step's sequences, the runner runs them, the sampler
+    chooses their tokens; this object keeps their books and reports."""
+
+    stats: EngineStats
+
+    def __init__(self, runner: ModelRunner, on_output: OnOutput, *, max_running: int = 16,
+                 max_step_tokens: int = 8192, sampler: Sampler | None = None):
         self.runner = runner
         self.on_output = on_output
         self.scheduler = Scheduler(runner.blocks, max_running=max_running, max_step_tokens=max_step_tokens)
+        self.sampler = sampler or Sampler()
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()   # ("submit", request) | ("cancel", id)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._generators: dict[int, object] = {}
         self._thread = threading.Thread(target=self._loop, name="reference-engine", daemon=True)
 
     def start(self) -> "ReferenceEngine":
@@ -48,10 +52,12 @@ class ReferenceEngine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
-        if not self._thread.is_alive():   # the loop is over: its sequences are ours to end
-            self._drain_inbox()
-            for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-                self._finish(seq, "error", error="the llm engine shut down")
+        if self._thread.is_alive():   # its sequences are still the loop's: ending them here would race it
+            log.error("the engine loop did not stop within 10 s; its open requests get no final output")
+            return
+        self._drain_inbox()
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self._finish(seq, "error", error="the llm engine shut down")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -80,7 +86,6 @@ class ReferenceEngine:
                 if blocks.blocks_for(seq.prompt_len + 1) > blocks.num_blocks:   # would wait forever
                     self._finish(seq, "error", error=f"prompt of {seq.prompt_len} tokens exceeds the KV cache")
                     continue
-                self._generators[seq.key] = make_generator(item.sampling)
                 self.scheduler.add(seq)
             elif (seq := self.scheduler.remove(item)) is not None:
                 self._finish(seq, "cancelled")
@@ -91,57 +96,38 @@ class ReferenceEngine:
         step = self.scheduler.schedule()
         if not step.sequences:
             return
-        logits = self.runner.forward(step)    # [n_seqs, vocab], prefills first
-        forward_done = time.perf_counter()
-        # One argmax for every plain greedy row instead of one per sequence; the rows that sample go to the
-        # host in one copy, where their generators live (a seed then gives the same draws on any device).
-        best = logits.argmax(dim=-1).tolist()
-        sampled = [i for i, seq in enumerate(step.sequences) if not self._plain_greedy(seq)]
-        host = dict(zip(sampled, logits[sampled].cpu())) if sampled else {}
-        for i, (seq, top) in enumerate(zip(step.sequences, best)):
-            seq.cached = seq.length
-            self._append(seq, host.get(i), top)
-        for seq in step.sequences:
-            if seq.finish_reason is None and seq.pending:
-                self._report(seq)
-        for seq in self.scheduler.retire_finished():
-            self._generators.pop(seq.key, None)
-        self._update_stats()
-        self.stats.steps += 1
-        self.stats.forward_s += forward_done - started
-        self.stats.step_s += time.perf_counter() - started
+        logits = self.runner.forward(step)    # float [n_seqs, vocab], prefills first
+        forwarded = time.perf_counter()
+        for seq, sample in zip(step.sequences, self.sampler(logits, step.sequences)):
+            self._append(seq, sample)
+        self._report_progress(step.sequences)
+        self._account(started, forwarded)
 
-    @staticmethod
-    def _holds_back_stops(seq: Sequence) -> bool:
+    def _append(self, seq: Sequence, sample: Sample) -> None:
         params = seq.request.sampling
-        return bool(params.stop_token_ids) and len(seq.output_ids) < params.min_tokens
-
-    def _plain_greedy(self, seq: Sequence) -> bool:
-        """The argmax is the token and no logits are needed: greedy, no penalties, no stop ids held back by
-        min_tokens, no logprobs."""
-        params = seq.request.sampling
-        return params.greedy and not params.penalized and params.logprobs is None and not self._holds_back_stops(seq)
-
-    def _append(self, seq: Sequence, raw, argmax: int) -> None:
-        """raw: the sequence's float [vocab] logits on the host, or None for a plain greedy one."""
-        params = seq.request.sampling
-        if raw is None:
-            token = argmax
-        else:
-            logits = apply_penalties(raw, params, seq.request.prompt_ids, seq.output_ids) if params.penalized else raw
-            if self._holds_back_stops(seq):
-                logits = logits.clone()
-                logits[list(params.stop_token_ids)] = float("-inf")
-            token = choose(logits, params, self._generators[seq.key])
-        seq.output_ids.append(token)
-        if token in params.stop_token_ids:
+        seq.cached = seq.length   # the forward wrote the K/V of every token the sequence had
+        seq.output_ids.append(sample.token)
+        if sample.token in params.stop_token_ids:
             self._finish(seq, "stop")   # the stop token is counted, not shown
             return
-        seq.pending.append(token)
-        if params.logprobs is not None:
-            seq.pending_logprobs.append(logprob_of(raw, token, params.logprobs))
+        seq.pending.append(sample.token)
+        if sample.logprob is not None:
+            seq.pending_logprobs.append(sample.logprob)
         if len(seq.output_ids) >= params.max_tokens:
             self._finish(seq, "length")
+
+    def _report_progress(self, seqs: list[Sequence]) -> None:
+        """Reports the step's new tokens of the sequences still running; frees the finished ones' blocks."""
+        for seq in seqs:
+            if seq.finish_reason is None and seq.pending:
+                self._report(seq)
+        self.scheduler.retire_finished()
+        self._update_stats()
+
+    def _account(self, started: float, forwarded: float) -> None:
+        self.stats.steps += 1
+        self.stats.forward_s += forwarded - started
+        self.stats.step_s += time.perf_counter() - started
 
     def _report(self, seq: Sequence, finish_reason: str | None = None, error: str | None = None) -> None:
         logprobs = seq.pending_logprobs if seq.request.sampling.logprobs is not None else None
@@ -152,8 +138,7 @@ class ReferenceEngine:
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         seq.finish_reason = reason
         self._report(seq, reason, error)
-        if reason in ("cancelled", "error"):
-            self._generators.pop(seq.key, None)
+        self.sampler.release(seq)
 
     def _update_stats(self) -> None:
         self.stats.running = len(self.scheduler.running)

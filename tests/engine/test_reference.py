@@ -170,6 +170,29 @@ def test_frequency_penalty_changes_a_repetitive_greedy_output(engine, config, to
     assert len(set(penal)) / max(1, len(penal)) >= len(set(plain)) / max(1, len(plain))
 
 
+MIXED = {"greedy": dict(temperature=0.0), "sampled": dict(temperature=0.9, top_k=30, top_p=0.9, seed=3),
+         "penalized": dict(temperature=0.0, repetition_penalty=1.4, frequency_penalty=1.0),
+         "logprobs": dict(temperature=0.7, seed=4, logprobs=3), "min_tokens": dict(temperature=0.0, min_tokens=12)}
+
+
+def test_a_batch_mixing_sampling_settings_gives_each_request_its_own_tokens(engine, config, tokenizer):
+    ids = {name: chat_ids(tokenizer, f"mixed {name} la la la") for name in MIXED}
+    alone = {}
+    for name, settings in MIXED.items():
+        engine.submit(_request(name, ids[name], config, max_tokens=16, **settings))
+        tokens, _ = engine.collector.run(1)
+        alone[name] = (tokens[name], engine.collector.logprobs[name])
+    for name, settings in MIXED.items():
+        engine.submit(_request(name, ids[name], config, max_tokens=16, **settings))
+    together, _ = engine.collector.run(len(MIXED))
+    for name in MIXED:
+        assert together[name] == alone[name][0], name
+        got, want = engine.collector.logprobs[name], alone[name][1]   # the forward's float sums vary with the batch
+        assert [[t for t, _ in lp.top] for lp in got] == [[t for t, _ in lp.top] for lp in want]
+        assert [lp.logprob for lp in got] == pytest.approx([lp.logprob for lp in want], abs=1e-4)
+    assert len(alone["min_tokens"][0]) >= 12 and len(alone["logprobs"][1]) == len(alone["logprobs"][0])
+
+
 @pytest.mark.parametrize("field, value", [("max_tokens", 0), ("temperature", -1.0), ("top_p", 0.0),
                                           ("top_k", -2), ("seed", -5), ("repetition_penalty", 0.0),
                                           ("frequency_penalty", 3.0), ("presence_penalty", -3.0),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nanovl.engine import trtllm
+from nanovl.engine.trtllm_mapping import TrtLlmOptions
 from nanovl.engine.request import GenerationRequest, SamplingParams
 from nanovl.core.errors import ServerError
 from tests import fake_trtllm
@@ -28,7 +29,7 @@ def _engine(config, tmp_path, *, world_size=1, build=None, **options):
         {"pretrained_config": {"dtype": "bfloat16", "mapping": {"world_size": world_size}},
          "build_config": build or {"max_batch_size": 64, "max_num_tokens": 8192}}))
     outputs: queue.SimpleQueue = queue.SimpleQueue()
-    engine = trtllm.TrtLlmEngine(trtllm.TrtLlmOptions(tmp_path, **options), config, outputs.put).start()
+    engine = trtllm.TrtLlmEngine(TrtLlmOptions(tmp_path, **options), config, outputs.put).start()
     return engine, outputs
 
 
