@@ -11,28 +11,33 @@ from fastapi.responses import JSONResponse, Response
 
 from . import chat, completions, errors
 from .admission import Admission
+from .backend import Backend
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .middleware import OPEN_PATHS, RequestMiddleware
 from .settings import Settings
-from .triton import Ensemble
+from .triton_backend import TritonBackend
 
 log = logging.getLogger("nanovl.frontend")
 API_VERSION = "0.1.0"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
+    """The app on `backend`, or, without one, on a TritonBackend made from the settings at startup (its gRPC
+    channel belongs to the server's event loop). The backend is closed at shutdown."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.ensemble = Ensemble(settings.triton_url, settings.ensemble, settings.request_timeout_s)
+        app.state.backend = backend or TritonBackend(settings.triton_url, settings.ensemble,
+                                                     settings.request_timeout_s)
         if settings.random_weights:
             log.warning("serving a TINY checkpoint with RANDOM weights: answers are gibberish by design")
         yield
-        await app.state.ensemble.client.close()
+        await app.state.backend.close()
 
     app = FastAPI(title="Llama-3.1-Nemotron-Nano-VL OpenAI API", version=API_VERSION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.backend = backend   # usable without a lifespan too (httpx's ASGITransport runs none)
     app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
     app.state.metrics = Metrics(app.state.admission)
     app.include_router(chat.router)
@@ -59,7 +64,7 @@ def _add_service_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/v1/health/ready")
     async def ready(request: Request):
-        if not request.app.state.admission.draining and await request.app.state.ensemble.ready():
+        if not request.app.state.admission.draining and await request.app.state.backend.ready():
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503)
 

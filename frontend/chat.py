@@ -10,7 +10,7 @@ from openai.types.chat import ChatCompletion
 
 from .generation import Generation, collect_unless_disconnected, open_generation, sse_response, usage_counts
 from .schemas import ChatCompletionRequest
-from .triton import Delta
+from .backend import Delta
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from openai.types import Completion
 
 from .generation import Generation, collect_unless_disconnected, open_generation, sse_response, usage_counts
 from .schemas import CompletionRequest
-from .triton import Delta
+from .backend import Delta
 
 router = APIRouter()
 

@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 
 from .errors import HTTPError, error_event
 from .schemas import SamplingRequest
-from .triton import Delta
+from .backend import Delta
 
 log = logging.getLogger("nanovl.frontend")
 DISCONNECT_POLL_S = 0.5
@@ -76,7 +76,7 @@ async def open_generation(request: Request, body: SamplingRequest, response_id: 
                         param="model", code="model_not_found")
     started = time.perf_counter()
     await app_state.admission.acquire()
-    deltas = app_state.ensemble.generate(body, response_id)
+    deltas = app_state.backend.generate(body, response_id)
     try:
         first = await anext(deltas, None)
     except BaseException:

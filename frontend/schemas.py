@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nanovl.core.errors import ClientError
+from nanovl.core.limits import MAX_COMPLETION_LOGPROBS
+from nanovl.engine.request import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +20,6 @@ UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_f
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
-
-
-INT32_MAX = 2 ** 31 - 1   # the ensemble's integer inputs are INT32
 
 
 def refuse_lone_surrogates(value, field: str):
@@ -34,23 +33,26 @@ def refuse_lone_surrogates(value, field: str):
 
 
 class SamplingRequest(BaseModel):
-    """Fields that chat and text completions share; each endpoint adds its prompt and its logprobs form."""
+    """Fields that chat and text completions share; each endpoint adds its prompt and its logprobs form.
+
+    Types and structure only: the ranges of the sampling fields are SamplingParams' to check (one place, the same
+    type the llm stage builds), and `to_sampling_params()` turns its ClientError into this request's 400."""
     # Clients send extension fields; unknown ones are ignored (logged at debug), not refused. NaN and
     # infinity (Python's json accepts them) are refused rather than sent to the engine.
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     unsupported: ClassVar[tuple[str, ...]] = UNSUPPORTED
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
-    seed: int | None = Field(default=None, ge=0, lt=2 ** 63)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
     stop: str | list[str] | None = None
-    min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    min_tokens: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -73,8 +75,7 @@ class SamplingRequest(BaseModel):
             log.debug("ignoring unknown fields %s", unknown)
         if self.n != 1:
             raise ClientError("n must be 1: one choice per request is supported", param="n")
-        if self.stop_strings() and (len(self.stop_strings()) > 4 or not all(self.stop_strings())):
-            raise ClientError("stop takes up to 4 non-empty strings", param="stop")
+        self.to_sampling_params()   # a bad sampling value is a 400 now, before admission
         return self
 
     def stop_strings(self) -> list[str]:
@@ -91,22 +92,47 @@ class SamplingRequest(BaseModel):
         """(ensemble input name, its text): ("messages", JSON) or ("prompt", raw text)."""
         raise NotImplementedError
 
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def _sampling_values(self) -> dict[str, Any]:
+        """SamplingParams fields the client set; the others keep the defaults of the llm stage, which alone
+        knows the prompt's length (max_tokens: what the context leaves, up to DEFAULT_MAX_TOKENS)."""
+        values = {"max_tokens": self.requested_max_tokens(), "temperature": self.temperature, "top_p": self.top_p,
+                  "top_k": self.top_k, "seed": self.seed, "min_tokens": self.min_tokens,
+                  "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
+                  "repetition_penalty": self.repetition_penalty, "logprobs": self.top_logprobs_wanted(),
+                  "stop": tuple(self.stop_strings())}
+        return {name: value for name, value in values.items() if value is not None and value != ()}
+
+    def field_of(self, sampling_field: str) -> str:
+        """The request field that sets a SamplingParams field (as an error's `param`)."""
+        return sampling_field
+
+    def to_sampling_params(self) -> SamplingParams:
+        """The request's sampling settings, checked by SamplingParams; a bad value is a ClientError naming the
+        request's own field. A max_tokens the client left out is DEFAULT_MAX_TOKENS here (the llm stage may
+        lower it to fit the context)."""
+        try:
+            return SamplingParams(**self._sampling_values())
+        except ClientError as exc:
+            field = self.field_of(exc.param)
+            if field == exc.param:
+                raise
+            raise ClientError(f"{field}: {exc.message}", param=field, code=exc.code) from None
+
     def sampling_inputs(self) -> dict[str, Any]:
-        """Values for the ensemble's optional sampling inputs; absent ones keep the model's defaults."""
-        max_tokens = getattr(self, "max_completion_tokens", None) or self.max_tokens
-        top_k = None if self.top_k in (None, -1) else self.top_k   # vLLM's -1 means off, as our 0
-        return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": top_k, "seed": self.seed, "min_tokens": self.min_tokens,
-                "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
-                "repetition_penalty": self.repetition_penalty, "logprobs": self.top_logprobs_wanted(),
-                "stop": self.stop_strings() or None}
+        """Values for the ensemble's optional sampling inputs, as SamplingParams normalised them (vLLM's top_k
+        -1 is 0); absent ones keep the llm stage's defaults."""
+        params = self.to_sampling_params()
+        return {name: getattr(params, name) for name in self._sampling_values()}
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = None
 
     @model_validator(mode="after")
     def _logprobs_pair(self) -> "ChatCompletionRequest":
@@ -117,6 +143,15 @@ class ChatCompletionRequest(SamplingRequest):
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def requested_max_tokens(self) -> int | None:
+        # OpenAI's newer name wins over the deprecated one.
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def field_of(self, sampling_field: str) -> str:
+        if sampling_field == "max_tokens" and self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return sampling_field
+
     def prompt_input(self) -> tuple[str, str]:
         return "messages", json.dumps(self.messages)
 
@@ -126,7 +161,9 @@ class CompletionRequest(SamplingRequest):
     unsupported: ClassVar[tuple[str, ...]] = (*UNSUPPORTED, "suffix", "echo")
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    # The legacy endpoint's own bound, stricter than SamplingParams' MAX_TOP_LOGPROBS: an API rule, not a range
+    # of the engine.
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1, le=1)
 
     @model_validator(mode="after")
@@ -139,6 +176,9 @@ class CompletionRequest(SamplingRequest):
 
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    def field_of(self, sampling_field: str) -> str:
+        return "logprobs" if sampling_field == "top_logprobs" else sampling_field
 
     def prompt_input(self) -> tuple[str, str]:
         return "prompt", self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -12,13 +12,12 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ServerError
+from .limits import MAX_CONTEXT
 
 ARCHITECTURE = "Llama_Nemotron_Nano_VL"
 IMAGE_CONTEXT_TOKEN = "<image>"   # the model's chat() uses '<image>' as the per-embedding context token
 IMAGE_START_TOKEN = "<img>"
 IMAGE_END_TOKEN = "</img>"
-# The model card's limit: "Input + Output Token: 16K" (trained with 16384-token sequences).
-MAX_CONTEXT = 16384
 
 # timm ViT names the C-RADIO config may carry in `vision_config.args.model`: (width, depth, heads, mlp width).
 _TIMM_VIT_DIMS = {

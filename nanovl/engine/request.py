@@ -6,18 +6,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.errors import ClientError
-
-DEFAULT_MAX_TOKENS = 1024   # when a request names none; bounded by the context left after the prompt
-MAX_TOP_LOGPROBS = 20       # OpenAI's bound
+from ..core.limits import (DEFAULT_MAX_TOKENS, INT32_MAX, INT64_MAX, MAX_PENALTY, MAX_REPETITION_PENALTY,
+                           MAX_STOP_STRINGS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """A request's sampling settings, and the one place their ranges are checked: the frontend builds one to
+    validate a request, the llm stage builds one from the wire's tensors. A bad value is a ClientError whose
+    `param` names the OpenAI field."""
+
     max_tokens: int = DEFAULT_MAX_TOKENS
     min_tokens: int = 0
     temperature: float = 1.0            # 0 = greedy
     top_p: float = 1.0
-    top_k: int = 0                      # 0 = no top-k cut
+    top_k: int = 0                      # 0 = no top-k cut; vLLM's -1 is accepted and stored as 0
     seed: int | None = None
     repetition_penalty: float = 1.0     # HF / vLLM: divides positive logits of seen (prompt + output) tokens
     frequency_penalty: float = 0.0      # OpenAI: minus penalty x count in the output so far
@@ -27,23 +30,34 @@ class SamplingParams:
     logprobs: int | None = None         # None: none; k >= 0: the chosen token's and the top k
 
     def __post_init__(self):
-        checks = [
-            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
+        if self.top_k == -1:   # vLLM clients send -1 for "off"; the engines know only 0
+            object.__setattr__(self, "top_k", 0)
+        for ok, name, why in self._checks():
+            if not ok:
+                raise ClientError(f"{name} {why}", param=name)
+
+    def _checks(self) -> list[tuple[bool, str, str]]:
+        # Integer fields travel as INT32 (seed as INT64) between the stages: past that, numpy would wrap them.
+        return [
+            (1 <= self.max_tokens <= INT32_MAX, "max_tokens", f"must be between 1 and {INT32_MAX}"),
             (0 <= self.min_tokens <= self.max_tokens, "min_tokens", "must be between 0 and max_tokens"),
-            (0.0 <= self.temperature <= 2.0, "temperature", "must be between 0 and 2"),
+            (0.0 <= self.temperature <= MAX_TEMPERATURE, "temperature", f"must be between 0 and {MAX_TEMPERATURE:g}"),
             (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
-            (self.top_k >= 0, "top_k", "must be 0 (off) or positive"),
-            (self.seed is None or 0 <= self.seed < 2 ** 63, "seed", "must be a non-negative 64-bit integer"),
-            (0.0 < self.repetition_penalty <= 2.0, "repetition_penalty", "must be in (0, 2]"),
-            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be between -2 and 2"),
-            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be between -2 and 2"),
-            (len(self.stop) <= 4 and all(self.stop), "stop", "takes at most 4 non-empty strings"),
+            (0 <= self.top_k <= INT32_MAX, "top_k", f"must be 0 or -1 (off), or from 1 to {INT32_MAX}"),
+            (self.seed is None or 0 <= self.seed <= INT64_MAX, "seed", "must be a non-negative 64-bit integer"),
+            (0.0 < self.repetition_penalty <= MAX_REPETITION_PENALTY, "repetition_penalty",
+             f"must be in (0, {MAX_REPETITION_PENALTY:g}]"),
+            (-MAX_PENALTY <= self.frequency_penalty <= MAX_PENALTY, "frequency_penalty",
+             f"must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}"),
+            (-MAX_PENALTY <= self.presence_penalty <= MAX_PENALTY, "presence_penalty",
+             f"must be between -{MAX_PENALTY:g} and {MAX_PENALTY:g}"),
+            (len(self.stop) <= MAX_STOP_STRINGS and all(self.stop), "stop",
+             f"takes at most {MAX_STOP_STRINGS} non-empty strings"),
+            (all(0 <= t <= INT32_MAX for t in self.stop_token_ids), "stop_token_ids",
+             f"must be token ids between 0 and {INT32_MAX}"),
             (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
              f"must be between 0 and {MAX_TOP_LOGPROBS}"),
         ]
-        for ok, name, why in checks:
-            if not ok:
-                raise ClientError(f"{name} {why}", param=name)
 
     @property
     def greedy(self) -> bool:

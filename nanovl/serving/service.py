@@ -19,7 +19,8 @@ from ..core.checkpoint import CheckpointConfig
 from ..core.detokenize import StreamFramer, TokenBytes
 from ..core.errors import ClientError
 from ..core.stop import StopMatcher
-from ..engine.request import DEFAULT_MAX_TOKENS, EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
+from ..core.limits import DEFAULT_MAX_TOKENS
+from ..engine.request import EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 

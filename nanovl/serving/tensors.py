@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.limits import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -44,9 +46,9 @@ MIN_TOKENS = Tensor("min_tokens", "TYPE_INT32", (1,), True, "no eos and no stop 
 REPETITION_PENALTY = Tensor("repetition_penalty", "TYPE_FP32", (1,), True, "(0, 2]; 1 = off")
 FREQUENCY_PENALTY = Tensor("frequency_penalty", "TYPE_FP32", (1,), True, "[-2, 2]; 0 = off")
 PRESENCE_PENALTY = Tensor("presence_penalty", "TYPE_FP32", (1,), True, "[-2, 2]; 0 = off")
-STOP = Tensor("stop", "TYPE_STRING", (-1,), True, "stop strings (up to 4), never part of the text")
+STOP = Tensor("stop", "TYPE_STRING", (-1,), True, f"stop strings (up to {MAX_STOP_STRINGS}), never part of the text")
 STOP_TOKEN_IDS = Tensor("stop_token_ids", "TYPE_INT32", (-1,), True, "extra stop ids besides the eos ids")
-LOGPROBS = Tensor("logprobs", "TYPE_INT32", (1,), True, "return log-probabilities and this many alternatives (0-20)")
+LOGPROBS = Tensor("logprobs", "TYPE_INT32", (1,), True, f"return log-probabilities and this many alternatives (0-{MAX_TOP_LOGPROBS})")
 SAMPLING = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, MIN_TOKENS, REPETITION_PENALTY, FREQUENCY_PENALTY,
             PRESENCE_PENALTY, STOP, STOP_TOKEN_IDS, LOGPROBS)
 

@@ -1,21 +1,20 @@
-"""The ensemble behind a small async interface: a chat or completion request in, deltas out."""
+"""TritonBackend: the Backend (frontend/backend.py) that streams a request through Triton's ensemble over gRPC."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import grpc
-import numpy as np
 
 from nanovl.serving import control, tensors as T
 from nanovl.serving.client import TritonClient, TritonStreamError, bytes_tensor
 from nanovl.serving.supervisor import probe, probe_inputs
 from nanovl.core.errors import ClientError, NanoVLError, ServerError, from_wire
 
+from .backend import Delta
 from .errors import HTTPError
 from .schemas import SamplingRequest
 
@@ -25,16 +24,6 @@ STAGES = tuple(T.MODELS)
 # The ensemble outputs a response needs; the logprob ones only when asked for (fewer tensors per response).
 _OUTPUTS = tuple(t.name for t in (T.TEXT_OUTPUT, T.TOKEN_IDS, T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS))
 _LOGPROB_OUTPUTS = tuple(t.name for t in (T.TOKEN_LOGPROBS, T.TOKENS, T.TOP_LOGPROBS, T.TOP_LOGPROB_TOKENS))
-
-
-@dataclass
-class Delta:
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[dict] | None = None    # OpenAI ChatCompletionTokenLogprob dicts, when asked for
 
 
 def _logprobs(out: dict) -> list[dict] | None:
@@ -79,7 +68,9 @@ def _wire_error(message: str) -> NanoVLError:
 STALL_CHECK_S = 2.0   # silence on a stream after which llm is asked whether the request still exists
 
 
-class Ensemble:
+class TritonBackend:
+    """One gRPC client to tritonserver; each generate() is one stream of the ensemble model."""
+
     def __init__(self, url: str, model: str = "ensemble", timeout_s: float | None = None,
                  stall_check_s: float = STALL_CHECK_S):
         self.client = TritonClient(url)
@@ -99,6 +90,9 @@ class Ensemble:
             if await probe(self.client, stage, inputs, timeout=5) is not None:
                 return False
         return True
+
+    async def close(self) -> None:
+        await self.client.close()
 
     async def generate(self, request: SamplingRequest, request_id: str) -> AsyncIterator[Delta]:
         name, text = request.prompt_input()
