@@ -182,7 +182,7 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         convert = Command("convert the Llama checkpoint to TensorRT-LLM's format", [
             py, _example(examples, "llama/convert_checkpoint.py"), "--model_dir", str(hf_dir),
             "--output_dir", str(ckpt_dir), "--dtype", "bfloat16", "--tp_size", tp, "--workers", tp])
-    # A prompt leaves room for at least one generated token (nanovl.serving.service.sampling_params).
+    # A prompt leaves room for at least one generated token (nanovl.engine.request.sampling_params).
     build = ["trtllm-build", "--checkpoint_dir", str(ckpt_dir), "--output_dir", str(engine_dir),
              "--max_batch_size", str(args.max_batch), "--max_input_len", str(config.max_context - 1),
              "--max_seq_len", str(config.max_context),

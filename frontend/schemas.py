@@ -88,8 +88,8 @@ class SamplingRequest(BaseModel):
         """None: no logprobs; k: logprobs with k alternatives."""
         raise NotImplementedError
 
-    def prompt_input(self) -> tuple[str, str]:
-        """(ensemble input name, its text): ("messages", JSON) or ("prompt", raw text)."""
+    def prompt_text(self) -> str:
+        """Chat: the messages as JSON (the chat template is applied in Triton); completions: the raw prompt."""
         raise NotImplementedError
 
     def requested_max_tokens(self) -> int | None:
@@ -152,8 +152,8 @@ class ChatCompletionRequest(SamplingRequest):
             return "max_completion_tokens"
         return sampling_field
 
-    def prompt_input(self) -> tuple[str, str]:
-        return "messages", json.dumps(self.messages)
+    def prompt_text(self) -> str:
+        return json.dumps(self.messages)
 
 
 class CompletionRequest(SamplingRequest):
@@ -180,5 +180,5 @@ class CompletionRequest(SamplingRequest):
     def field_of(self, sampling_field: str) -> str:
         return "logprobs" if sampling_field == "top_logprobs" else sampling_field
 
-    def prompt_input(self) -> tuple[str, str]:
-        return "prompt", self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

@@ -16,7 +16,7 @@ from nanovl.core.errors import ClientError, NanoVLError, ServerError, from_wire
 
 from .backend import Delta
 from .errors import HTTPError
-from .schemas import SamplingRequest
+from .schemas import ChatCompletionRequest, SamplingRequest
 
 log = logging.getLogger("nanovl.frontend")
 _SAMPLING = {t.name: t for t in T.SAMPLING}
@@ -95,8 +95,9 @@ class TritonBackend:
         await self.client.close()
 
     async def generate(self, request: SamplingRequest, request_id: str) -> AsyncIterator[Delta]:
-        name, text = request.prompt_input()
-        inputs = {name: bytes_tensor(text)}
+        # Chat messages go through the chat template in preprocessing; a completion's prompt is tokenized as is.
+        prompt = T.MESSAGES if isinstance(request, ChatCompletionRequest) else T.PROMPT
+        inputs = {prompt.name: bytes_tensor(request.prompt_text())}
         for name, value in request.sampling_inputs().items():
             if value is not None:
                 inputs[name] = T.to_array(_SAMPLING[name], value)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.checkpoint import CheckpointConfig
 from ..core.errors import ClientError
 from ..core.limits import (DEFAULT_MAX_TOKENS, INT32_MAX, INT64_MAX, MAX_PENALTY, MAX_REPETITION_PENALTY,
                            MAX_STOP_STRINGS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS)
@@ -66,6 +67,23 @@ class SamplingParams:
     @property
     def penalized(self) -> bool:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+
+def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=None, stop_token_ids=None,
+                    **values) -> SamplingParams:
+    """Request values (None = absent) -> SamplingParams with the checkpoint's stop tokens, bounded by the context the
+    prompt leaves: the one check that needs the prompt's length, so it runs where the prompt is known (llm)."""
+    room = config.max_context - prompt_len
+    if room < 1:
+        raise ClientError(f"the prompt is {prompt_len} tokens; the context holds {config.max_context}",
+                          param="messages", code="context_length_exceeded")
+    if max_tokens is not None and max_tokens > room:
+        raise ClientError(f"max_tokens {max_tokens} plus the {prompt_len}-token prompt exceeds the "
+                          f"{config.max_context}-token context", param="max_tokens",
+                          code="context_length_exceeded")
+    values["max_tokens"] = max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
+    stops = tuple(config.eos_token_ids) + tuple(t for t in (stop_token_ids or ()) if t not in config.eos_token_ids)
+    return SamplingParams(**{k: v for k, v in values.items() if v is not None}, stop_token_ids=stops)
 
 
 @dataclass

@@ -15,11 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.checkpoint import CheckpointConfig
 from ..core.detokenize import StreamFramer, TokenBytes
-from ..core.errors import ClientError
 from ..core.stop import StopMatcher
-from ..core.limits import DEFAULT_MAX_TOKENS
+from ..engine.protocol import Engine
 from ..engine.request import EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -43,22 +41,6 @@ class StreamMessage:
         return bool(self.finish_reason) or self.error is not None
 
 
-def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=None, stop_token_ids=None,
-                    **values) -> SamplingParams:
-    """Request values (None = absent) -> SamplingParams with the checkpoint's stop tokens and context bound."""
-    room = config.max_context - prompt_len
-    if room < 1:
-        raise ClientError(f"the prompt is {prompt_len} tokens; the context holds {config.max_context}",
-                          param="messages", code="context_length_exceeded")
-    if max_tokens is not None and max_tokens > room:
-        raise ClientError(f"max_tokens {max_tokens} plus the {prompt_len}-token prompt exceeds the "
-                          f"{config.max_context}-token context", param="max_tokens",
-                          code="context_length_exceeded")
-    values["max_tokens"] = max_tokens if max_tokens is not None else min(DEFAULT_MAX_TOKENS, room)
-    stops = tuple(config.eos_token_ids) + tuple(t for t in (stop_token_ids or ()) if t not in config.eos_token_ids)
-    return SamplingParams(**{k: v for k, v in values.items() if v is not None}, stop_token_ids=stops)
-
-
 @dataclass
 class _Stream:
     target: object                  # what `send` delivers to (a Triton response sender)
@@ -71,7 +53,7 @@ class _Stream:
 class GenerationService:
     """Owns the engine, the per-stream framing and the sender thread. `send(key, message)` delivers."""
 
-    def __init__(self, engine_factory: Callable[[Callable[[EngineOutput], None]], object],
+    def __init__(self, engine_factory: Callable[[Callable[[EngineOutput], None]], Engine],
                  token_bytes: TokenBytes, send: Callable[[object, StreamMessage], None], *,
                  stream_interval_s: float = 0.0):
         self._send = send

@@ -12,7 +12,8 @@ from nanovl.engine.factory import EngineSettings, build_engine
 from nanovl.core.errors import NanoVLError
 from nanovl.serving import control, tensors as T
 from nanovl.serving.parameters import model_parameters, read_settings
-from nanovl.serving.service import GenerationService, sampling_params
+from nanovl.engine.request import sampling_params
+from nanovl.serving.service import GenerationService
 
 _SCALARS = tuple(t.name for t in T.SAMPLING if t not in (T.STOP, T.STOP_TOKEN_IDS))
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
