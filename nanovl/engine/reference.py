@@ -106,10 +106,11 @@ class ReferenceEngine:
     def _append(self, seq: Sequence, sample: Sample) -> None:
         params = seq.request.sampling
         seq.cached = seq.length   # the forward wrote the K/V of every token the sequence had
-        seq.output_ids.append(sample.token)
         if sample.token in params.stop_token_ids:
-            self._finish(seq, "stop")   # the stop token is counted, not shown
+            # The stop token ends the stream, neither shown nor counted in completion_tokens, as NIM reports usage.
+            self._finish(seq, "stop")
             return
+        seq.output_ids.append(sample.token)
         seq.pending.append(sample.token)
         if sample.logprob is not None:
             seq.pending_logprobs.append(sample.logprob)

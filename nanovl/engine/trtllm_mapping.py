@@ -168,8 +168,8 @@ def engine_output(live: LiveRequest, tokens: list[int], *, final: bool, reason_n
                   log_probs: list[float] | None = None) -> EngineOutput:
     """One streamed Executor result (the new tokens of beam 0) -> EngineOutput; advances live.completed.
 
-    As the reference engine: a stop token is counted in completion_tokens but not shown. The Executor may
-    or may not return the end id itself; either way it is counted once.
+    As the reference engine: a stop token is neither shown nor counted in completion_tokens (NIM's usage). The
+    Executor may or may not return the end id itself; either way it is dropped.
     """
     reason = None
     if final and live.cancelled:
@@ -179,13 +179,9 @@ def engine_output(live: LiveRequest, tokens: list[int], *, final: bool, reason_n
         fallback = "length" if live.completed + len(tokens) >= live.params.max_tokens else "stop"
         reason = _FINISH.get(reason_name or "", fallback)
     shown = list(tokens)
-    counted = len(tokens)
-    if reason == "stop":
-        if shown and shown[-1] in live.params.stop_token_ids:
-            shown.pop()
-        elif reason_name == "END_ID":
-            counted += 1
-    live.completed += counted
+    if reason == "stop" and shown and shown[-1] in live.params.stop_token_ids:
+        shown.pop()
+    live.completed += len(shown)
     logprobs = None
     if live.params.logprobs is not None:
         values = list(log_probs or [])[-len(tokens):] if tokens else []

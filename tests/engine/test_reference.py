@@ -200,3 +200,17 @@ def test_a_batch_mixing_sampling_settings_gives_each_request_its_own_tokens(engi
 def test_bad_sampling_values_are_client_errors(field, value):
     with pytest.raises(ClientError):
         SamplingParams(**{field: value})
+
+
+def test_a_stop_token_is_neither_shown_nor_counted(engine, config, tokenizer):
+    # NIM reports completion_tokens without the stop token (126 for a 126-token answer): so do we.
+    ids = chat_ids(tokenizer, "count")
+    engine.submit(_request("probe", ids, config, max_tokens=4, temperature=0.0))
+    probe, _ = engine.collector.run(1)
+    third = probe["probe"][2]
+    stopping = SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=(third,))
+    engine.submit(GenerationRequest("s", np.asarray(ids, np.int32), stopping))
+    tokens, finals = engine.collector.run(1)
+    shown = tokens["s"]
+    assert third not in shown and shown == probe["probe"][:len(shown)]
+    assert (finals["s"].finish_reason, finals["s"].completion_tokens) == ("stop", len(shown))

@@ -55,7 +55,8 @@ def test_a_text_request_streams_and_stops_on_the_end_id(fake, config, tmp_path):
         engine.shutdown()
     assert [t for out in got for t in out.token_ids] == [5, 6, 7]
     # The end id is not returned by the Executor but is counted, as the reference engine counts it.
-    assert (got[-1].finish_reason, got[-1].completion_tokens, got[-1].prompt_tokens) == ("stop", 4, 4)
+    # Three tokens shown and counted; the end id ends the stream uncounted (NIM's usage).
+    assert (got[-1].finish_reason, got[-1].completion_tokens, got[-1].prompt_tokens) == ("stop", 3, 4)
     request = fake.Executor.instances[0].enqueued[0]
     assert request.end_id == EOT and request.stop_words == [[EOS]] and request.streaming
     assert request.sampling_config.top_k == 1 and fake.Executor.instances[0].is_shut_down

@@ -82,13 +82,14 @@ def test_streamed_results_accumulate_and_hide_the_stop_token():
     first = mapping.engine_output(live, [4, 5], final=False, reason_name="NOT_FINISHED")
     assert (first.token_ids, first.finish_reason, first.completion_tokens, first.prompt_tokens) == ([4, 5], None, 2, 12)
     last = mapping.engine_output(live, [6, EOS], final=True, reason_name="STOP_WORDS")
-    assert (last.token_ids, last.finish_reason, last.completion_tokens) == ([6], "stop", 4)
+    # NIM's usage: the stop token is not a completion token.
+    assert (last.token_ids, last.finish_reason, last.completion_tokens) == ([6], "stop", 3)
 
 
-def test_end_id_not_returned_is_still_counted():
+def test_an_end_id_the_executor_did_not_return_is_not_counted_either():
     live = _live()
     out = mapping.engine_output(live, [4], final=True, reason_name="END_ID")
-    assert (out.token_ids, out.finish_reason, out.completion_tokens) == ([4], "stop", 2)
+    assert (out.token_ids, out.finish_reason, out.completion_tokens) == ([4], "stop", 1)
 
 
 def test_a_final_result_without_a_reason_is_told_apart_by_its_length():
