@@ -30,20 +30,30 @@ def test_weights_use_the_real_names(tiny_checkpoint):
     assert {"mlp1.0.weight", "mlp1.1.weight", "mlp1.3.weight"} <= keys
 
 
-def test_tokenizer_carries_llama_and_multimodal_specials(config, tokenizer):
-    base = tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
-    # Llama 3.1's layout, shifted to the tiny base vocabulary: ids base+0 .. base+255, then the 9 added tokens.
-    assert tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|start_header_id|>"]) == [base + 9, base + 6]
+def test_tokenizer_is_llama31s_with_the_multimodal_tokens(config, tokenizer):
+    # Meta's 128,000 BPE ranks, Llama 3.1's 256 specials at their real ids, then the 9 added tokens.
+    assert len(tokenizer) == 128265 and tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False) == 128000
+    named = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|reserved_special_token_0|>": 128002,
+             "<|reserved_special_token_1|>": 128003, "<|finetune_right_pad_id|>": 128004,
+             "<|reserved_special_token_2|>": 128005, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
+             "<|eom_id|>": 128008, "<|eot_id|>": 128009, "<|python_tag|>": 128010,
+             "<|reserved_special_token_3|>": 128011, "<|reserved_special_token_247|>": 128255}
+    assert tokenizer.convert_tokens_to_ids(list(named)) == list(named.values())
     mm = ["<image>", "<img>", "</img>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-    assert tokenizer.convert_tokens_to_ids(mm) == list(range(base + 256, base + 265))
-    assert config.vocab_size >= len(tokenizer) and config.vocab_size % 64 == 0
-    assert set(config.eos_token_ids) == {base + 1, base + 8, base + 9}
+    assert tokenizer.convert_tokens_to_ids(mm) == list(range(128256, 128265))
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token) == (128000, 128009, None)
+    # Meta's own ids for ordinary text ('Hello world' is [9906, 1917] in every Llama 3 tokenizer).
+    assert tokenizer("Hello world").input_ids == [128000, 9906, 1917]
+    # The embedding is padded past the tokenizer: vocab_size is not len(tokenizer).
+    assert config.vocab_size == 128320 and config.vocab_size % 64 == 0
+    assert set(config.eos_token_ids) == {128001, 128008, 128009}
 
 
-def test_chat_template_is_llama31_without_forced_system(tokenizer):
+def test_chat_template_is_nims_llama31_format_with_its_system_turn(tokenizer):
     text = tokenizer.apply_chat_template([{"role": "user", "content": " hi "}], tokenize=False,
                                          add_generation_prompt=True)
-    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+    assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\ndetailed thinking off<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                     "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
@@ -82,4 +92,5 @@ def test_a_template_kept_in_its_own_file_reaches_an_older_loader(tiny_checkpoint
     tokenizer = load_tokenizer(load_config(tiny_checkpoint))
     assert tokenizer.chat_template == (tiny_checkpoint / "chat_template.jinja").read_text()
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).startswith(
-        "<|begin_of_text|><|start_header_id|>user")
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\ndetailed thinking off")
+
