@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned to its CPU build; an unpinned torch pulls a CUDA build of several GB.
-	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test,bench,export]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[cpu,serve,test,bench,export,checkpoint]'
 	# The tritonserver 2.51 binary and Python backend; its own Python API (and its pins) are not used.
 	$(BIN)/pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $@

@@ -16,8 +16,7 @@ from nanovl.core.checkpoint import CheckpointConfig, load_config
 
 @dataclass(frozen=True)
 class Geometry:
-    llm: dict                    # LlamaConfig sizes
-    vocab_size: int
+    llm: dict                    # LlamaConfig sizes; the vocabulary is the real tokenizer's, padded (128320)
     vit: tuple[int, int, int, int]   # width, depth, heads, mlp
     vit_name: str                # timm name in vision_config.args.model ("" = spell the geometry out)
     projector_hidden_size: int
@@ -33,15 +32,14 @@ class Geometry:
     repeats: dict = field(default_factory=lambda: {"matmul": 50, "copy": 20, "vision": 5})
 
 
-# Llama-3.1-8B-Instruct and C-RADIOv2-H (../shared/MODEL-FACTS.md 1.2, 2); 128256 + 9 multimodal tokens,
-# padded to a multiple of 64 as the tiny checkpoint pads (the real padding is not known).
+# Llama-3.1-8B-Instruct and C-RADIOv2-H (../shared/MODEL-FACTS.md 1.2, 2).
 REAL = Geometry(llm=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=8, head_dim=128),
-                vocab_size=128320, vit=(1280, 32, 16, 5120), vit_name="vit_huge_patch16_224",
+                vit=(1280, 32, 16, 5120), vit_name="vit_huge_patch16_224",
                 projector_hidden_size=4096)
 SMALL = Geometry(llm=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, head_dim=32),
-                 vocab_size=1344, vit=(64, 2, 2, 256), vit_name="", projector_hidden_size=128,
+                 vit=(64, 2, 2, 256), vit_name="", projector_hidden_size=128,
                  prefill=(64, 2), concurrency=(1, 4), decode_prompt=16, decode_tokens=8, tile_batches=(1, 3),
                  matmul=512, copy_bytes=16 << 20, repeats={"matmul": 2, "copy": 2, "vision": 1})
 GEOMETRIES = {"real": REAL, "small": SMALL}
@@ -49,8 +47,9 @@ GEOMETRIES = {"real": REAL, "small": SMALL}
 
 def write_config(out: Path, geometry: Geometry) -> CheckpointConfig:
     """config.json, generation_config.json and tokenizer files of the real format at `geometry`."""
-    tokenizer = tiny_checkpoint.train_tokenizer(0)
-    llm = {**tiny_checkpoint.llm_config(geometry.vocab_size, tokenizer), **geometry.llm, "torch_dtype": "bfloat16"}
+    tokenizer = tiny_checkpoint.llama31_tokenizer()
+    llm = {**tiny_checkpoint.llm_config(tiny_checkpoint.padded_vocab(tokenizer), tokenizer), **geometry.llm,
+           "torch_dtype": "bfloat16"}
     vision = tiny_checkpoint.vision_config()
     width, depth, heads, mlp = geometry.vit
     args = vision["args"]

@@ -1,85 +1,81 @@
 """Writes a tiny checkpoint in the exact format of nvidia/Llama-3.1-Nemotron-Nano-VL-8B-V1.
 
-Same files, config keys, weight names, tokenizer special tokens and chat template as the real checkpoint;
-tiny widths and depths and random weights, but the real tile size (512) and patch size (16), so tiling,
-prompt expansion and the vision path run exactly as on the real model. Deterministic from --seed.
+Same files, config keys, weight names, tokenizer (Meta's Llama-3.1 BPE with the real ids of every special
+token) and chat template as the real checkpoint; tiny widths and depths and random weights, but the real tile
+size (512) and patch size (16), so tiling, prompt expansion, token counts and the vision path run exactly as on
+the real model. Deterministic from --seed. Needs the `checkpoint` extra (llama-models, tiktoken).
 
     python -m build.tiny_checkpoint OUT_DIR [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import random
 from pathlib import Path
 
 import torch
 
-# Llama 3.1's 256 reserved special tokens, in id order after the base vocabulary.
+from nanovl.core.prompt import NIM_CHAT_TEMPLATE
+
+# Llama 3.1's 256 reserved special tokens after the 128,000 BPE ranks (Llama-3.1-8B-Instruct's tokenizer.json). The
+# llama-models package's own list is Llama 3.2's (<|step_id|> at 128005, <|image|> at 128011): not this model's.
 _LLAMA_SPECIALS = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>",
                    6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>",
                    10: "<|python_tag|>"}
 # Added after the Llama specials when the model was trained, in this order (Megatron --special-tokens).
 MULTIMODAL_TOKENS = ["<image>", "<img>", "</img>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-# Llama 3's pre-tokenizer split.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Llama-3.1 format without the forced system block (Megatron's llama3p1 template, which trained this model).
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-    " + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
-BASE_VOCAB = 1024
-_CORPUS_SEED_TEXT = """\
-The quick brown fox jumps over the lazy dog. A picture shows a cat sitting on a red chair near the window.
-Describe the image in detail. What is written on the sign? The chart compares revenue across four quarters.
-Numbers like 12, 345 and 6789 appear in tables; prices are $3.50 or 4,200 euros. Hello, world!
-Café, naïve, façade, jalapeño. 東京は日本の首都です。 这是一张图片。 Привет, мир. 안녕하세요. 🙂🚀👍🏽
-def main():\n    return {"key": [1, 2, 3]}\n
-"""
 
 
-def train_tokenizer(seed: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def llama_specials() -> list[str]:
+    """The 256 names in id order: the unnamed slots are reserved_special_token_0, 1, then 2, then 3 ... 247."""
+    return [_LLAMA_SPECIALS.get(i, f"<|reserved_special_token_{i - 2 if i < 4 else i - 3 if i < 6 else i - 8}|>")
+            for i in range(256)]
 
-    rng = random.Random(seed)
-    words = _CORPUS_SEED_TEXT.split()
-    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["th", "ch", "sh", "ng", "qu"]
-    # Pseudo-words give the trainer enough distinct pairs to learn exactly BASE_VOCAB tokens.
-    words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
-    corpus = [_CORPUS_SEED_TEXT] + [" ".join(rng.choice(words) for _ in range(24)) for _ in range(2000)]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BASE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False, special_tokens=[])
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    if tokenizer.get_vocab_size() != BASE_VOCAB:
-        raise RuntimeError(f"BPE learned {tokenizer.get_vocab_size()} tokens, not {BASE_VOCAB}")
-    specials = [_LLAMA_SPECIALS.get(i, f"<|reserved_special_token_{i - 2 if i < 4 else i - 3 if i < 6 else i - 8}|>")
-                for i in range(256)]
-    tokenizer.add_special_tokens(specials + MULTIMODAL_TOKENS)
-    bos = BASE_VOCAB
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-        special_tokens=[("<|begin_of_text|>", bos)])
-    return tokenizer
+
+@functools.lru_cache(maxsize=1)
+def _llama31_tokenizer_json() -> str:
+    """Meta's Llama-3.1 BPE, read from the tiktoken file the llama-models package ships (importlib.resources), as
+    tokenizer.json text; converting takes a few seconds, so a process that writes several checkpoints does it once."""
+    from importlib import resources
+
+    from tokenizers import AddedToken, processors
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    model = resources.files("llama_models") / "llama3" / "tokenizer.model"
+    with resources.as_file(model) as path:
+        tokenizer = TikTokenConverter(vocab_file=str(path)).converted()
+    if tokenizer.get_vocab_size() != 128000:
+        raise RuntimeError(f"{model}: {tokenizer.get_vocab_size()} BPE ranks, not Llama 3.1's 128000")
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in llama_specials() + MULTIMODAL_TOKENS])
+    # As Meta's tokenizer.json: offsets kept byte-level, and <|begin_of_text|> put first by the tokenizer itself.
+    bos = "<|begin_of_text|>"
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, tokenizer.token_to_id(bos))])])
+    return tokenizer.to_str()
+
+
+def llama31_tokenizer():
+    """The real checkpoint's tokenizer: Llama 3.1's (128,000 ranks, specials at 128000-128255), then the 9
+    multimodal tokens at 128256-128264 (MODEL-FACTS 1.4). -> a tokenizers.Tokenizer of 128,265 entries."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_llama31_tokenizer_json())
 
 
 def save_tokenizer(tokenizer, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
+    # No pad token: the real tokenizer has none (MODEL-FACTS 1.4), and nothing here may need one.
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
-                                   eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>",
-                                   clean_up_tokenization_spaces=False, model_max_length=16384)
-    fast.chat_template = CHAT_TEMPLATE
+                                   eos_token="<|eot_id|>", clean_up_tokenization_spaces=False,
+                                   model_max_length=16384)
+    # The checkpoint's own template is the one NIM renders (see nanovl.core.prompt): what the real checkpoint
+    # ships is not known (MODEL-FACTS 9), and NIM, which serves it, counts exactly this rendering.
+    fast.chat_template = NIM_CHAT_TEMPLATE
     fast.save_pretrained(str(out))
     # The real checkpoint was saved by transformers 4.x: its tokenizer_config.json names PreTrainedTokenizerFast,
     # which every version loads, and has no "backend" key. transformers 5 writes its own class name
@@ -101,8 +97,9 @@ def llm_config(vocab_size: int, tok) -> dict:
                          "original_max_position_embeddings": 8192, "rope_type": "llama3"},
         "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
         "bos_token_id": tok.token_to_id("<|begin_of_text|>"),
+        # Llama-3.1-8B-Instruct's config: its three stop tokens, and no pad token.
         "eos_token_id": [tok.token_to_id(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")],
-        "pad_token_id": tok.token_to_id("<|finetune_right_pad_id|>"), "torch_dtype": "float32",
+        "torch_dtype": "float32",
     }
 
 
@@ -110,7 +107,9 @@ def vision_config() -> dict:
     teachers = [{"name": n} for n in ("clip", "siglip", "dino_v2", "sam")]
     return {
         "architectures": ["RADIOModel"], "model_type": "radio",
-        "auto_map": {"AutoConfig": "hf_model.RADIOConfig", "AutoModel": "hf_model.RADIOModel"},
+        # The real config.json's names: C-RADIO's remote code in its own HF repository (never run here).
+        "auto_map": {"AutoConfig": "nvidia/C-RADIOv2-H--hf_model.RADIOConfig",
+                     "AutoModel": "nvidia/C-RADIOv2-H--hf_model.RADIOModel"},
         "version": "c-radio_v2-vlm-h", "patch_size": 16, "max_resolution": 2048,
         "preferred_resolution": [768, 768], "adaptor_names": None, "vitdet_window_size": None,
         # A real checkpoint names a timm ViT ("vit_huge_patch16_224"); a tiny one spells its geometry out.
@@ -197,13 +196,16 @@ def write_metadata(out: Path, tokenizer, config: dict) -> None:
 
 
 def padded_vocab(tokenizer) -> int:
-    return -(-tokenizer.get_vocab_size() // 64) * 64   # padded like Megatron pads the real vocabulary
+    """The embedding's rows: 128,265 tokens padded to a multiple of 64, 128320, as Megatron pads a vocabulary
+    (the real llm_config.vocab_size is not known, MODEL-FACTS 1.2). So nothing may take vocab_size for
+    len(tokenizer): ids 128265-128319 are rows no tokenizer entry names."""
+    return -(-tokenizer.get_vocab_size() // 64) * 64
 
 
 def write(out: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
-    tokenizer = train_tokenizer(seed)
+    tokenizer = llama31_tokenizer()
     llm = llm_config(padded_vocab(tokenizer), tokenizer)
     write_metadata(out, tokenizer, model_config(llm, vision_config(), vit_hidden_size=32, projector_hidden_size=64,
                                                 torch_dtype="float32"))

@@ -45,6 +45,14 @@ def tokenizer(config):
 
 
 @pytest.fixture(scope="session")
+def token_bytes(tokenizer):
+    """Built once: a table of Llama 3.1's 128,265 entries takes a fifth of a second, too slow per example."""
+    from nanovl.core.detokenize import TokenBytes
+
+    return TokenBytes.from_tokenizer(tokenizer)
+
+
+@pytest.fixture(scope="session")
 def vision_graph(config, tmp_path_factory) -> Path:
     """The tiny checkpoint's vision encoder as `make engine` exports it (ONNX, 1..16 tiles) and checked against
     PyTorch, which leaves the reference embeddings beside it: exported once for every vision runtime's tests."""

@@ -20,6 +20,8 @@ IMAGE_START_TOKEN = "<img>"
 IMAGE_END_TOKEN = "</img>"
 
 # timm ViT names the C-RADIO config may carry in `vision_config.args.model`: (width, depth, heads, mlp width).
+# Without a name, RADIO's own default model is ViT-H/16, this model's encoder (MODEL-FACTS 2).
+DEFAULT_VIT = "vit_huge_patch16_224"
 _TIMM_VIT_DIMS = {
     "vit_base_patch16_224": (768, 12, 12, 3072),
     "vit_large_patch16_224": (1024, 24, 16, 4096),
@@ -42,22 +44,24 @@ class VisionSpec:
 
     @classmethod
     def from_config(cls, vision_config: dict) -> "VisionSpec":
-        args = vision_config.get("args", {})
-        name = args.get("model", "")
+        args = vision_config.get("args") or {}
+        name = args.get("model")
         if name in _TIMM_VIT_DIMS:
             width, depth, heads, mlp = _TIMM_VIT_DIMS[name]
         elif {"embed_dim", "depth", "num_heads"} <= args.keys():
             # Not a timm name: the geometry must be spelled out (the tiny test checkpoint does this).
             width, depth, heads = args["embed_dim"], args["depth"], args["num_heads"]
             mlp = int(width * args.get("mlp_ratio", 4.0))
+        elif not name:
+            width, depth, heads, mlp = _TIMM_VIT_DIMS[DEFAULT_VIT]
         else:
             raise ServerError(f"vision_config.args.model {name!r} is not a known ViT and carries no geometry")
-        # One class token per distinct teacher, then registers up to a multiple of `register_multiple`
-        # (RADIO's ClsToken: 4 teachers, multiple 8 -> 4 class + 4 register tokens).
+        # One class token per distinct teacher, then registers: `cpe_num_registers` when set, else up to a
+        # multiple of `register_multiple` (RADIO's ClsToken, in that order: 4 teachers, multiple 8 -> 4 + 4).
         teachers = {t["name"] for t in args.get("teachers", [])} if args.get("cls_token_per_teacher") else set()
         num_cls = max(len(teachers), 1)
         multiple = args.get("register_multiple") or 0
-        num_registers = multiple - (num_cls % multiple) if multiple else 0
+        num_registers = args.get("cpe_num_registers") or (multiple - (num_cls % multiple) if multiple else 0)
         return cls(width, depth, heads, mlp, int(vision_config.get("patch_size", 16)),
                    int(args.get("cpe_max_size", vision_config.get("max_resolution", 2048))), num_cls, num_registers)
 
@@ -110,7 +114,7 @@ def load_config(path: str | Path) -> CheckpointConfig:
     generation = {}
     if (path / "generation_config.json").is_file():
         generation = json.loads((path / "generation_config.json").read_text())
-    eos = generation.get("eos_token_id", config["llm_config"].get("eos_token_id", []))
+    eos = generation.get("eos_token_id") or config["llm_config"].get("eos_token_id") or _tokenizer_eos(path)
     eos = (eos,) if isinstance(eos, int) else tuple(eos)
     return CheckpointConfig(
         path=path,
@@ -125,6 +129,20 @@ def load_config(path: str | Path) -> CheckpointConfig:
         torch_dtype=config.get("torch_dtype", config["llm_config"].get("torch_dtype", "bfloat16")),
         eos_token_ids=eos,
     )
+
+
+def _tokenizer_eos(path: Path) -> int:
+    """The tokenizer's eos token id (<|eot_id|> for this model), for a checkpoint that names no other, read
+    from the tokenizer files without loading the tokenizer."""
+    tokenizer_config = path / "tokenizer_config.json"
+    token = json.loads(tokenizer_config.read_text()).get("eos_token") if tokenizer_config.is_file() else None
+    token = token.get("content") if isinstance(token, dict) else token
+    if token and (path / "tokenizer.json").is_file():
+        added = json.loads((path / "tokenizer.json").read_text()).get("added_tokens", [])
+        ids = [entry["id"] for entry in added if entry.get("content") == token]
+        if ids:
+            return ids[0]
+    raise ServerError(f"{path}: no eos token in generation_config.json, config.json or the tokenizer")
 
 
 class WeightFiles:

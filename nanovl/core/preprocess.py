@@ -17,7 +17,7 @@ from .checkpoint import CheckpointConfig, load_config, load_tokenizer
 from .errors import ClientError
 from .fetch import Fetcher, FetchSettings
 from .images import ImageLimits, data_url_bytes, load_rgb, open_image
-from .prompt import Chat, build_input_ids, parse_messages
+from .prompt import Chat, build_input_ids, chat_template, parse_messages
 from .tiling import TilingSettings, num_tiles, tile_image
 
 # Lets a test or a local setup fetch from 127.0.0.1 without editing the model config.
@@ -28,6 +28,9 @@ ALLOW_PRIVATE_ENV = "NANOVL_ALLOW_PRIVATE_IMAGE_URLS"
 class PreprocessSettings:
     """The preprocessing stage's parameters (config.pbtxt `parameters`), with their defaults in one place."""
 
+    # nim: NIM's prompt, whose token counts clients compare (nanovl.core.prompt); checkpoint: the tokenizer's own
+    # chat_template, for a checkpoint whose template differs on purpose.
+    chat_template: str = "nim"
     max_tiles: int = 12
     max_images: int = 4                       # per request; the model card's "Input Images Supported: 4"
     image_upscale_2x: bool = False            # the HF processor's quirk (nanovl.core.tiling)
@@ -74,6 +77,7 @@ class Preprocessor:
         self.config = config
         self.tokenizer = tokenizer
         self.settings = settings
+        self.template = chat_template(settings.chat_template, tokenizer)   # a bad choice fails at load
         self.tiling = TilingSettings(tile_size=config.image_size, max_tiles=settings.tiling.max_tiles,
                                      use_thumbnail=settings.tiling.use_thumbnail,
                                      upscale_2x=settings.tiling.upscale_2x)
@@ -145,7 +149,7 @@ class Preprocessor:
                   for i, url in enumerate(chat.image_urls)]
         # Tile counts follow from the sizes alone: a prompt that cannot fit is refused before any decoding.
         counts = [num_tiles(*image.size, self.tiling) for image in opened]
-        input_ids = build_input_ids(self.tokenizer, self.config, chat, counts)
+        input_ids = build_input_ids(self.tokenizer, self.config, chat, counts, template=self.template)
         self._check_context(len(input_ids), counts)
         tiles = [tile_image(load_rgb(image), self.tiling) for image in opened]
         assert [len(t) for t in tiles] == counts, "tile counts differ from the prompt's image spans"

@@ -1,8 +1,21 @@
 """OpenAI-style chat messages -> the token ids the LLM sees, with each image's embedding span spliced in.
 
-Each image becomes `<img>` + one id per image embedding + `</img>` (MODEL-FACTS 3.3). The embedding ids are
-`vocab_size + k`, k running over all images of the request: TensorRT-LLM reads ids >= vocab_size as rows of
-the prompt embedding table, and the reference engine does the same, so both engines share one path.
+The prompt is NIM's (its documented usage counts 3372 and 3517 prompt tokens, which exactly one rendering
+gives): Megatron-LM's `llama_nemotron_8b` prompt format, the Llama-3.1 header format with a system turn that
+always begins `detailed thinking off`. NIM_CHAT_TEMPLATE renders it; its rules:
+- a first message with role system adds its trimmed text after `detailed thinking off` and a blank line;
+  without one the system turn is `detailed thinking off` alone. There is no "Cutting Knowledge Date" block;
+- user and assistant turns carry their content trimmed; the prompt ends with the assistant header;
+- a system message anywhere but first is dropped, as NIM's template drops it (its loop renders only user
+  and assistant turns): following NIM exactly, not guessing where the text would have gone;
+- with `tools` (OpenAI function definitions), the system turn ends with a blank line and
+  `<AVAILABLE_TOOLS>[...]</AVAILABLE_TOOLS>`, each tool's `function` object (or the tool itself) as JSON.
+The stage parameter `chat_template=checkpoint` renders with the checkpoint's own template instead.
+
+Each image becomes `<img>` + one id per image embedding + `</img>` (MODEL-FACTS 3.3); an image part followed by
+a text part reads `<img>...</img>\n{text}`. The embedding ids are `vocab_size + k`, k running over all images of
+the request: TensorRT-LLM reads ids >= vocab_size as rows of the prompt embedding table, and the reference
+engine does the same, so both engines share one path.
 """
 from __future__ import annotations
 
@@ -13,9 +26,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .checkpoint import IMAGE_CONTEXT_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN, CheckpointConfig
-from .errors import ClientError
+from .errors import ClientError, ServerError
 
 ROLES = ("system", "user", "assistant")
+CHAT_TEMPLATES = ("nim", "checkpoint")   # the preprocessing stage's `chat_template` parameter
+# NIM's prompt (see the module docstring), written from the behaviour of Megatron-LM's `llama_nemotron_template`
+# (megatron/training/tokenizer/multimodal_tokenizer.py). Every tag strips its whitespace: only the quoted
+# strings reach the prompt. `tools is not none` as there: an empty list still renders an empty tool block.
+NIM_CHAT_TEMPLATE = (
+    "{%- set system = 'detailed thinking off' -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = system + '\\n\\n' + (messages[0]['content'] | trim) -%}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n' + system -}}"
+    "{%- if tools is defined and tools is not none -%}"
+    "{{- '\\n\\n<AVAILABLE_TOOLS>[' -}}"
+    "{%- for tool in tools -%}"
+    "{{- (tool.function if tool.function is defined else tool) | tojson -}}"
+    "{{- '' if loop.last else ', ' -}}"
+    "{%- endfor -%}"
+    "{{- ']</AVAILABLE_TOOLS>' -}}"
+    "{%- endif -%}"
+    "{{- '<|eot_id|>' -}}"
+    "{%- for message in messages if message['role'] in ('user', 'assistant') -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + (message['content'] | trim)"
+    " + '<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
 # Stands for an image while the chat template renders; private-use characters no tokenizer merges across.
 _IMAGE_SENTINEL = "\ue000nanovl-image\ue000"
 # NIM's image tags in plain-text content: <img src="URL" /> (also single quotes, or quotes escaped as \").
@@ -109,13 +148,27 @@ def parse_messages(messages: object) -> Chat:
     return Chat(out, urls)
 
 
-def render(tokenizer, chat: Chat) -> str:
-    return tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
+def chat_template(choice: str, tokenizer) -> str | None:
+    """The stage parameter `chat_template` -> the template build_input_ids renders with (None: the checkpoint's)."""
+    if choice not in CHAT_TEMPLATES:
+        raise ServerError(f"parameter chat_template: {choice!r} is not one of {', '.join(CHAT_TEMPLATES)}")
+    if choice == "nim":
+        return NIM_CHAT_TEMPLATE
+    if not tokenizer.chat_template:
+        raise ServerError("parameter chat_template=checkpoint, but the checkpoint's tokenizer has no chat_template")
+    return None
 
 
-def build_input_ids(tokenizer, config: CheckpointConfig, chat: Chat, tiles_per_image: list[int]) -> np.ndarray:
+def render(tokenizer, chat: Chat, template: str | None = NIM_CHAT_TEMPLATE, tools: list[dict] | None = None) -> str:
+    """The prompt text, each image a sentinel; template None is the checkpoint's own."""
+    return tokenizer.apply_chat_template(chat.messages, chat_template=template, tools=tools, tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def build_input_ids(tokenizer, config: CheckpointConfig, chat: Chat, tiles_per_image: list[int], *,
+                    template: str | None = NIM_CHAT_TEMPLATE, tools: list[dict] | None = None) -> np.ndarray:
     """-> input_ids: int32 [prompt_len], image embedding positions as ids >= config.vocab_size."""
-    segments = render(tokenizer, chat).split(_IMAGE_SENTINEL)
+    segments = render(tokenizer, chat, template, tools).split(_IMAGE_SENTINEL)
     if len(segments) - 1 != len(tiles_per_image):
         raise ClientError("the chat template dropped or duplicated an image placeholder", param="messages")
     start, end = tokenizer.convert_tokens_to_ids([IMAGE_START_TOKEN, IMAGE_END_TOKEN])

@@ -1,8 +1,26 @@
+import base64
+import io
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from nanovl.core.errors import ClientError
-from nanovl.core.prompt import build_input_ids, parse_messages
+from nanovl.core.errors import ClientError, ServerError
+from nanovl.core.preprocess import PreprocessSettings, Preprocessor
+from nanovl.core.prompt import build_input_ids, parse_messages, render
+
+# NIM's documented example (docs.nvidia.com/nim/vision-language-models/1.3.0/examples/llama-nemotron-nano/api.html):
+# one image of 13 tiles and Q1 count 3372 prompt tokens; the follow-up (that turn, the answer, Q2) 3517.
+Q1 = 'How many times more "FP16Tensor Core" does H100 SXM have than H100 NVL?'
+Q2 = "Please extract the table in the image as HTML"
+# The page's answer could not be read; NIM's usage gives it 126 tokens (completion_tokens). This stand-in has 126.
+ANSWER = ("According to the table in the image, the H100 SXM delivers 1,979 teraFLOPS of FP16 Tensor Core "
+          "performance, while the H100 NVL delivers 1,671 teraFLOPS. Dividing the first figure by the second gives "
+          "1,979 / 1,671 = 1.18, so the H100 SXM has about 1.18 times the FP16 Tensor Core performance of the "
+          "H100 NVL, roughly 18 percent more. Both figures are quoted with sparsity, as the asterisk in the table "
+          "notes; the ratio holds without it.")
+HEAD = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
 
 
 def test_image_part_becomes_an_embedding_span(config, tokenizer):
@@ -73,3 +91,67 @@ def test_image_placeholders_in_text_place_the_images():
         "Look: \ue000nanovl-image\ue000 here"
     with pytest.raises(ClientError, match="2 <image> placeholders for 1 images"):
         parse_messages([{"role": "user", "content": parts[:1] + [{"type": "text", "text": "<image><image>"}]}])
+
+
+def _image_url(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def nim_turn():
+    """NIM's first request: the image first, then the question. 2048x1536 is a 4x3 grid + thumbnail: 13 tiles."""
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(2048, 1536)}},
+                                        {"type": "text", "text": Q1}]}
+
+
+def test_nims_documented_requests_count_3372_and_3517(config, tokenizer, nim_turn):
+    assert config.tokens_per_tile == 256
+    preprocess = Preprocessor(config, tokenizer)
+    first = preprocess(json.dumps([nim_turn]))
+    assert len(first.tiles) == 13 and len(first.input_ids) == 3372
+    assert len(tokenizer(ANSWER, add_special_tokens=False).input_ids) == 126
+    follow_up = [nim_turn, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": Q2}]
+    assert len(preprocess(json.dumps(follow_up)).input_ids) == 3517
+
+
+def test_the_checkpoints_own_template_is_a_stage_parameter(config, tokenizer, nim_turn, monkeypatch):
+    # The Llama-3.1 format without a forced system turn (Megatron's llama3p1): NIM's counts less its 9 tokens.
+    monkeypatch.setattr(tokenizer, "chat_template", (
+        "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"))
+    own = Preprocessor(config, tokenizer, PreprocessSettings(chat_template="checkpoint"))
+    assert len(own(json.dumps([nim_turn])).input_ids) == 3372 - 9
+    assert len(Preprocessor(config, tokenizer)(json.dumps([nim_turn])).input_ids) == 3372
+    with pytest.raises(ServerError, match="chat_template: 'vllm' is not one of nim, checkpoint"):
+        Preprocessor(config, tokenizer, PreprocessSettings(chat_template="vllm"))
+    monkeypatch.setattr(tokenizer, "chat_template", None)
+    with pytest.raises(ServerError, match="has no chat_template"):
+        Preprocessor(config, tokenizer, PreprocessSettings(chat_template="checkpoint"))
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ([{"role": "user", "content": " Hi "}],
+     "detailed thinking off<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"),
+    ([{"role": "system", "content": "  Be brief.\n"}, {"role": "user", "content": "Hi"}],
+     "detailed thinking off\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"),
+    # A system message anywhere but first is dropped, as NIM's template drops it.
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\nHello! "},
+      {"role": "system", "content": "dropped"}, {"role": "user", "content": "Again"}],
+     "detailed thinking off<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+     "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+     "<|start_header_id|>user<|end_header_id|>\n\nAgain<|eot_id|>"),
+])
+def test_nim_template_rules(tokenizer, messages, expected):
+    text = render(tokenizer, parse_messages(messages))
+    assert text == HEAD + expected + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def test_tools_end_the_system_turn(tokenizer):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}, {"name": "g"}]
+    text = render(tokenizer, parse_messages([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}]),
+                  tools=tools)
+    assert text.startswith(HEAD + 'detailed thinking off\n\nS\n\n<AVAILABLE_TOOLS>[{"name": "f", "parameters": '
+                           '{"type": "object"}}, {"name": "g"}]</AVAILABLE_TOOLS><|eot_id|><|start_header_id|>user')

@@ -101,7 +101,7 @@ def test_too_many_images_and_too_long_prompts_are_400(openai_client):
         openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": five}])
     big = [{"type": "image_url", "image_url": {"url": data_url(640, 480)}} for _ in range(4)]
     turns = [{"role": "user", "content": big}, {"role": "assistant", "content": "ok"},
-             {"role": "user", "content": "word " * 3000}]
+             {"role": "user", "content": "word " * (16384 - 52 * 256)}]   # one token a ' word': past the context
     with pytest.raises(BadRequestError, match=r"image tokens for 4 images of 52 tiles\); the context holds 16384"):
         openai_client.chat.completions.create(model=MODEL, messages=turns)
     assert openai_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "ok"}],
