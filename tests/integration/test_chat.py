@@ -7,6 +7,7 @@ import pytest
 from openai import BadRequestError, NotFoundError
 
 from tests.conftest import chat_ids, hf_greedy
+from tests.core.test_prompt import ANSWER, Q1, Q2
 from tests.integration.conftest import MODEL, data_url
 
 
@@ -22,7 +23,8 @@ def test_greedy_text_equals_transformers_generate(openai_client, tokenizer, hf_l
     expected = hf_greedy(hf_llm, ids, 20, config.eos_token_ids)
     assert reply.choices[0].message.content == tokenizer.decode(expected, skip_special_tokens=True)
     assert reply.usage.prompt_tokens == len(ids)
-    assert reply.usage.completion_tokens == len(expected) + (reply.choices[0].finish_reason == "stop")
+    # NIM's usage: the eos that ended a stopped answer is not a completion token.
+    assert reply.usage.completion_tokens == len(expected)
     assert reply.choices[0].finish_reason == ("length" if len(expected) == 20 else "stop")
 
 
@@ -51,6 +53,18 @@ def test_image_request_counts_image_tokens(openai_client, config):
     # 640x480 -> a 4x3 grid plus thumbnail = 13 tiles of 256 embeddings between <img> and </img>.
     assert reply.usage.prompt_tokens == text_only.usage.prompt_tokens + 13 * config.tokens_per_tile
     assert reply.usage.completion_tokens >= 1
+
+
+def test_nims_documented_requests_report_nims_prompt_tokens(openai_client):
+    # NIM's usage for its documented request (one 13-tile image, then the question) and its follow-up; ANSWER
+    # stands in for the page's 126-token answer (tests/core/test_prompt.py says why).
+    turn = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(2048, 1536)}},
+                                        {"type": "text", "text": Q1}]}
+    first = openai_client.chat.completions.create(model=MODEL, messages=[turn], max_tokens=2, temperature=0)
+    follow_up = openai_client.chat.completions.create(
+        model=MODEL, messages=[turn, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": Q2}],
+        max_tokens=2, temperature=0)
+    assert (first.usage.prompt_tokens, follow_up.usage.prompt_tokens) == (3372, 3517)
 
 
 def test_image_streamed_equals_non_streamed(openai_client):

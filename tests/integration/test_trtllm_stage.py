@@ -52,16 +52,14 @@ def trt_stack(tiny_checkpoint, config, tmp_path_factory):
 
 def _expected(config, messages, max_tokens):
     """What the stand-in answers: the prompt's ordinary ids up to the first stop id, at most max_tokens -> (prompt
-    ids, text, completion tokens, finish reason). A stop id is counted but not shown, as by the reference engine."""
+    ids, text, completion tokens, finish reason). A stop id is neither shown nor counted, as NIM counts."""
     preprocessor = Preprocessor.from_checkpoint(str(config.path))
     ids = [int(t) for t in preprocessor(json.dumps(messages)).input_ids]
     ordinary = [t for t in ids if t < config.vocab_size]
     first_stop = next(i for i, t in enumerate(ordinary) if t in config.eos_token_ids)
     answer = ordinary[:min(first_stop, max_tokens)]
     text = preprocessor.tokenizer.decode(answer, skip_special_tokens=True)
-    if first_stop < max_tokens:
-        return ids, text, len(answer) + 1, "stop"
-    return ids, text, len(answer), "length"
+    return ids, text, len(answer), "stop" if first_stop < max_tokens else "length"
 
 
 def test_an_image_chat_goes_through_the_executor_with_its_table(trt_stack, config):
