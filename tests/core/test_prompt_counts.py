@@ -3,17 +3,14 @@ tokenizer.model (llama_models), on the text between special tokens of a prompt r
 rules; each special token is its real Llama-3.1 id, each image span `<img>` + its rows + `</img>`. This checks
 the template, the parts joining, the tokenizer.json conversion and the image splicing at once.
 
-Left out of the GPU container's run (no tiktoken or llama-models there): the counts themselves are also checked
-by test_prompt.py, which needs only the checkpoint's tokenizer."""
+Left out of the GPU container's run by the Makefile's MAIN_ONLY_TESTS (no tiktoken or llama-models there): the
+counts themselves are also checked by test_prompt.py, which needs only the checkpoint's tokenizer."""
 import re
 
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from nanovl.core.prompt import build_input_ids, parse_messages
-
-pytest.importorskip("tiktoken")
-pytest.importorskip("llama_models")
 
 # Real ids, written out rather than read from our tokenizer (MODEL-FACTS 1.4).
 SPECIAL_IDS = {"<|begin_of_text|>": 128000, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
