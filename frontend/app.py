@@ -68,7 +68,9 @@ def _add_service_routes(app: FastAPI, settings: Settings) -> None:
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503)
 
+    # /metrics too: where Prometheus, vLLM users and aiperf look first.
     @app.get("/v1/metrics")
+    @app.get("/metrics")
     async def metrics(request: Request):
         return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -8,7 +8,8 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from openai.types.chat import ChatCompletion
 
-from .generation import Generation, collect_unless_disconnected, open_generation, sse_response, usage_counts
+from .generation import (Generation, collect_unless_disconnected, open_generation, sse_response, usage_before_tokens,
+                         usage_counts)
 from .schemas import ChatCompletionRequest
 from .backend import Delta
 
@@ -26,7 +27,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     meta = {"id": f"chatcmpl-{request.state.request_id}", "created": int(time.time()), "model": body.model}
     generation = await open_generation(request, body, meta["id"])
     if body.stream:
-        events = _chunks(meta, generation, body.include_usage(), body.logprobs)
+        events = _chunks(meta, generation, body.include_usage(), body.logprobs, body.continuous_usage())
         return sse_response(events, generation)
     answer = await collect_unless_disconnected(request, generation)
     if answer is None:
@@ -38,22 +39,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     ).model_dump(exclude_unset=True)
 
 
-async def _chunks(meta: dict, generation: Generation, include_usage: bool, logprobs: bool) -> AsyncIterator[str]:
+async def _chunks(meta: dict, generation: Generation, include_usage: bool, logprobs: bool,
+                  continuous_usage: bool = False) -> AsyncIterator[str]:
     # Plain dicts and json.dumps: building openai's ChatCompletionChunk per token cost more than the rest of
     # the frontend's work per token (the shape is checked against OpenAI's schema in tests).
     head = {**meta, "object": "chat.completion.chunk"}
 
-    def chunk(delta: dict, finish_reason=None, token_logprobs=None) -> str:
+    def chunk(delta: dict, so_far: Delta | None, finish_reason=None, token_logprobs=None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         if token_logprobs is not None:
             choice["logprobs"] = {"content": token_logprobs, "refusal": None}
-        return json.dumps({**head, "choices": [choice]})
+        usage = {"usage": usage_counts(so_far)} if continuous_usage else {}
+        return json.dumps({**head, "choices": [choice], **usage})
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"role": "assistant", "content": ""}, usage_before_tokens(generation.first))
     async for delta in generation:
         if delta.text or (logprobs and delta.logprobs):
-            yield chunk({"content": delta.text}, token_logprobs=delta.logprobs if logprobs else None)
+            yield chunk({"content": delta.text}, delta, token_logprobs=delta.logprobs if logprobs else None)
         if delta.finish_reason:
-            yield chunk({}, finish_reason=delta.finish_reason)
+            yield chunk({}, delta, finish_reason=delta.finish_reason)
     if include_usage:
         yield json.dumps({**head, "choices": [], "usage": usage_counts(generation.last)})

@@ -33,7 +33,7 @@ async def completions(body: CompletionRequest, request: Request):
             "object": "text_completion"}
     generation = await open_generation(request, body, meta["id"])
     if body.stream:
-        events = _chunks(meta, generation, body.include_usage(), body.logprobs is not None)
+        events = _chunks(meta, generation, body.include_usage(), body.logprobs is not None, body.continuous_usage())
         return sse_response(events, generation)
     answer = await collect_unless_disconnected(request, generation)
     if answer is None:
@@ -45,7 +45,8 @@ async def completions(body: CompletionRequest, request: Request):
     ).model_dump(exclude_unset=True)
 
 
-async def _chunks(meta: dict, generation: Generation, include_usage: bool, logprobs: bool) -> AsyncIterator[str]:
+async def _chunks(meta: dict, generation: Generation, include_usage: bool, logprobs: bool,
+                  continuous_usage: bool = False) -> AsyncIterator[str]:
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         # Plain JSON: openai's Completion type has no null finish_reason, which every chunk but the last carries.
         return json.dumps({**meta, "choices": choices, **({"usage": usage} if usage is not None else {})})
@@ -54,7 +55,8 @@ async def _chunks(meta: dict, generation: Generation, include_usage: bool, logpr
     async for delta in generation:
         if delta.text or delta.finish_reason or (logprobs and delta.logprobs):
             yield chunk([{"index": 0, "text": delta.text, "finish_reason": delta.finish_reason,
-                          "logprobs": _logprobs([delta], offset) if logprobs else None}])
+                          "logprobs": _logprobs([delta], offset) if logprobs else None}],
+                        usage_counts(delta) if continuous_usage else None)
         offset += len(delta.text)
     if include_usage:
         yield chunk([], usage=usage_counts(generation.last))

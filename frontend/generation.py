@@ -148,6 +148,11 @@ async def sse(events: AsyncIterator[str], generation: Generation) -> AsyncIterat
     yield "data: [DONE]\n\n"
 
 
+def usage_before_tokens(first: Delta | None) -> Delta | None:
+    """The usage before any token: the first delta's prompt count, no completion tokens yet."""
+    return Delta("", [], None, first.prompt_tokens, 0) if first else None
+
+
 def usage_counts(last: Delta | None) -> dict:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -16,8 +16,8 @@ from .settings import Settings
 
 log = logging.getLogger("nanovl.frontend")
 # Open without the API key: probes, scrapers, the API's description.
-OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/metrics", "/v1/version", "/v1/metadata",
-                        "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/metrics", "/metrics", "/v1/version",
+                        "/v1/metadata", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
 
 class BodyTooLarge(StarletteHTTPException):

@@ -20,6 +20,8 @@ UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_f
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    # vLLM's: with include_usage, every chunk also carries the usage so far (a client can meter a stream live).
+    continuous_usage_stats: bool = False
 
 
 def refuse_lone_surrogates(value, field: str):
@@ -83,6 +85,10 @@ class SamplingRequest(BaseModel):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: vLLM's continuous_usage_stats, which (as there) needs include_usage."""
+        return self.include_usage() and self.stream_options.continuous_usage_stats
 
     def top_logprobs_wanted(self) -> int | None:
         """None: no logprobs; k: logprobs with k alternatives."""

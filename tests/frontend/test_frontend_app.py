@@ -43,9 +43,17 @@ def test_the_api_key_is_required_when_set(client, headers):
 
 
 def test_probes_metrics_version_and_docs_need_no_key(client):
-    for path in ("/v1/health/live", "/v1/metrics", "/v1/version", "/v1/metadata", "/docs", "/openapi.json"):
+    for path in ("/v1/health/live", "/v1/metrics", "/metrics", "/v1/version", "/v1/metadata", "/docs",
+                 "/openapi.json"):
         assert client.get(path).status_code == 200, path
     assert client.get("/v1/models", headers=KEY).json()["data"][0]["id"] == MODEL
+
+
+def test_metrics_are_also_where_prometheus_looks_first(client):
+    # /metrics: Prometheus' default path, which vLLM serves and aiperf scrapes.
+    ours, root = client.get("/v1/metrics"), client.get("/metrics")
+    assert root.headers["content-type"] == ours.headers["content-type"]
+    assert "nanovl_requests_total" in root.text and "nanovl_time_to_first_token_seconds" in root.text
 
 
 def test_version_and_metadata_have_nims_shapes(client):

@@ -59,6 +59,24 @@ def test_a_chat_stream_is_role_contents_finish_usage_done(include_usage):
         assert len(chunks) == 4 and all(chunk.usage is None for chunk in chunks)
 
 
+def test_continuous_usage_stats_put_the_usage_so_far_on_every_chunk():
+    # vLLM's stream_options.continuous_usage_stats: with include_usage, each chunk meters the stream.
+    live = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    events = sse_events(post(ScriptedBackend(deltas("a", "b", "c")), "/v1/chat/completions",
+                             {**CHAT, "stream": True, **live}))
+    chunks = [ChatCompletionChunk.model_validate(json.loads(event)) for event in events[:-1]]
+    counts = [(c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens) for c in chunks]
+    # role, a, b, c, finish, then the usage chunk
+    assert counts == [(5, 0, 5), (5, 1, 6), (5, 2, 7), (5, 3, 8), (5, 3, 8), (5, 3, 8)]
+    events = sse_events(post(ScriptedBackend(deltas("a", "b")), "/v1/completions",
+                             {**COMPLETION, "stream": True, **live}))
+    assert [json.loads(e)["usage"]["completion_tokens"] for e in events[:-1]] == [1, 2, 2]
+    # Without include_usage (as vLLM) it does nothing.
+    alone = {"stream_options": {"continuous_usage_stats": True}}
+    events = sse_events(post(ScriptedBackend(deltas("a")), "/v1/chat/completions", {**CHAT, "stream": True, **alone}))
+    assert all("usage" not in json.loads(event) for event in events[:-1])
+
+
 def test_a_completion_stream_is_one_chunk_per_delta_then_usage_and_done():
     events = sse_events(post(ScriptedBackend(deltas("a", "b", finish_reason="length")), "/v1/completions",
                              {**COMPLETION, "stream": True, **USAGE}))
