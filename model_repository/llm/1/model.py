@@ -11,12 +11,18 @@ from nanovl.core.detokenize import TokenBytes
 from nanovl.engine.factory import EngineSettings, build_engine
 from nanovl.core.errors import NanoVLError
 from nanovl.serving import control, tensors as T
+from nanovl.serving.memory import set_mmap_threshold
 from nanovl.serving.parameters import model_parameters, read_settings
 from nanovl.engine.request import sampling_params
 from nanovl.serving.service import GenerationService
 
 _SCALARS = tuple(t.name for t in T.SAMPLING if t not in (T.STOP, T.STOP_TOKEN_IDS))
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Every engine step allocates logits of [rows, vocab] floats: 16 MB at 32 rows of the 128k vocabulary. Under the
+# launcher's 1 MB mmap threshold each was mmapped, faulted in and unmapped every step (the engine in-process at 16
+# clients: 1172 tok/s, with that threshold 809; docs/perf.md); they are the same sizes step after step, so the
+# heap reuses them.
+_MMAP_THRESHOLD = 64 << 20
 # is_cancelled() is an IPC to the server: ask every Nth response of a stream, not every one.
 _CANCEL_POLL_EVERY = 8
 
@@ -36,6 +42,7 @@ class TritonPythonModel:
         # A client whose stream went silent compares this with its own start: a stage loaded after the
         # request began (the supervisor reloaded a dead stub) has lost it.
         self.started_at = time.time()
+        set_mmap_threshold(_MMAP_THRESHOLD)
         params = model_parameters(args)
         self.config = load_config(params["checkpoint_dir"])
         settings = read_settings(EngineSettings, params)
