@@ -117,8 +117,14 @@ class Sampler:
         asked = [j for j, seq in enumerate(seqs) if seq.request.sampling.logprobs is not None]
         model_logprobs = torch.log_softmax(logits[_rows(asked, logits)], dim=-1) if asked else None
         self._process(logits, seqs, wants)
-        tokens = logits.argmax(dim=-1).tolist()
         drawn = [j for j, seq in enumerate(seqs) if not seq.request.sampling.greedy]
+        # The argmax only where it is the answer: a drawn row's would be thrown away (a pass over the vocabulary).
+        chosen = [j for j, seq in enumerate(seqs) if seq.request.sampling.greedy]
+        tokens = [0] * len(seqs)
+        if chosen:
+            picked = logits if not drawn else logits[_rows(chosen, logits)]
+            for j, token in zip(chosen, picked.argmax(dim=-1).tolist()):
+                tokens[j] = token
         if drawn:
             probs = probabilities(logits[_rows(drawn, logits)], [seqs[j].request.sampling for j in drawn])
             for j, token in zip(drawn, draw(probs, [self._generator(seqs[j]) for j in drawn])):
