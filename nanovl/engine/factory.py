@@ -28,12 +28,14 @@ class EngineSettings:
     # The llm stage sends each stream at most one response per interval, carrying every token made meanwhile:
     # fewer, fuller responses through the ensemble (docs/perf.md). 0 = a response per engine step.
     stream_interval_ms: float = 50.0
+    # Both engines: KV-cache blocks reused across requests (prefix caching), keyed by token ids and, at image
+    # positions, by the image's content hash; off only to compare (a hit never changes an answer, tested).
+    enable_kv_cache_reuse: bool = True
     # tensorrt_llm only: the trtllm-build output `make engine` wrote, the share of free GPU memory the
-    # Executor's paged KV cache takes, chunked prefill, and KV-cache block reuse across requests.
+    # Executor's paged KV cache takes, chunked prefill.
     engine_dir: str = ""
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_chunked_context: bool = True
-    enable_kv_cache_reuse: bool = False
     executor_worker_path: str = ""   # tensor parallelism: "" finds TensorRT-LLM's executorWorker
 
 
@@ -48,7 +50,8 @@ def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: 
         if settings.device == "cpu":
             torch.set_num_threads(settings.torch_threads)
         runner = ModelRunner(config, kv_cache_tokens=settings.kv_cache_tokens, block_size=settings.block_size,
-                             dtype=settings.dtype, device=settings.device)
+                             dtype=settings.dtype, device=settings.device,
+                             prefix_caching=settings.enable_kv_cache_reuse)
         return ReferenceEngine(runner, on_output, max_running=settings.max_running,
                                max_step_tokens=settings.max_step_tokens).start()
     if settings.engine == "tensorrt_llm":

@@ -28,7 +28,8 @@ class ReferenceEngine:
                  max_step_tokens: int = 8192, sampler: Sampler | None = None):
         self.runner = runner
         self.on_output = on_output
-        self.scheduler = Scheduler(runner.blocks, max_running=max_running, max_step_tokens=max_step_tokens)
+        self.scheduler = Scheduler(runner.blocks, max_running=max_running, max_step_tokens=max_step_tokens,
+                                   vocab_size=runner.config.vocab_size)
         self.sampler = sampler or Sampler()
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()   # ("submit", request) | ("cancel", id)
@@ -87,8 +88,9 @@ class ReferenceEngine:
                     self._finish(seq, "error", error=f"prompt of {seq.prompt_len} tokens exceeds the KV cache")
                     continue
                 self.scheduler.add(seq)
-            elif (seq := self.scheduler.remove(item)) is not None:
-                self._finish(seq, "cancelled")
+            else:
+                for seq in self.scheduler.remove(item):
+                    self._finish(seq, "cancelled")
         self._update_stats()
 
     def step(self) -> None:
@@ -106,6 +108,9 @@ class ReferenceEngine:
     def _append(self, seq: Sequence, sample: Sample) -> None:
         params = seq.request.sampling
         seq.cached = seq.length   # the forward wrote the K/V of every token the sequence had
+        self.scheduler.written(seq)
+        if not seq.forked:   # its prompt is in the cache now: the other choices share it from here
+            self.scheduler.fork(seq)
         if sample.token in params.stop_token_ids:
             # The stop token ends the stream, neither shown nor counted in completion_tokens, as NIM reports usage.
             self._finish(seq, "stop")
@@ -133,15 +138,23 @@ class ReferenceEngine:
     def _report(self, seq: Sequence, finish_reason: str | None = None, error: str | None = None) -> None:
         logprobs = seq.pending_logprobs if seq.request.sampling.logprobs is not None else None
         self.on_output(EngineOutput(seq.request_id, seq.pending, finish_reason, seq.prompt_len,
-                                    len(seq.output_ids), error, logprobs))
+                                    len(seq.output_ids), error, logprobs, seq.index, seq.cached_tokens or 0))
         seq.pending, seq.pending_logprobs = [], []
 
     def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         seq.finish_reason = reason
         self._report(seq, reason, error)
         self.sampler.release(seq)
+        if not seq.forked:   # ended before its prefill (cancelled, failed): its other choices end with it
+            for index in range(1, seq.request.sampling.n):
+                self.on_output(EngineOutput(seq.request_id, [], reason, seq.prompt_len, 0, error,
+                                            sequence_index=index))
 
     def _update_stats(self) -> None:
         self.stats.running = len(self.scheduler.running)
         self.stats.waiting = len(self.scheduler.waiting)
-        self.stats.kv_cache_usage = self.runner.blocks.usage
+        blocks = self.runner.blocks
+        self.stats.kv_cache_usage = blocks.usage
+        self.stats.prefix_cache_queries = blocks.queried_tokens
+        self.stats.prefix_cache_hits = blocks.hit_tokens
+        self.stats.prefix_cache_bytes = blocks.cached_blocks * self.runner.block_bytes

@@ -1,14 +1,15 @@
 """What goes into an engine and what comes out: the contract both engines keep."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.checkpoint import CheckpointConfig
 from ..core.errors import ClientError
-from ..core.limits import (DEFAULT_MAX_TOKENS, INT32_MAX, INT64_MAX, MAX_PENALTY, MAX_REPETITION_PENALTY,
-                           MAX_STOP_STRINGS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS)
+from ..core.limits import (DEFAULT_MAX_TOKENS, INT32_MAX, INT64_MAX, MAX_CHOICES, MAX_PENALTY,
+                           MAX_REPETITION_PENALTY, MAX_STOP_STRINGS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()          # stop strings, never in the output text
     logprobs: int | None = None         # None: none; k >= 0: the chosen token's and the top k
+    # Choices per request: one prefill of the prompt, then n sequences sharing its KV blocks; choice i draws
+    # with its own generator (choice_seed), so a seed reproduces all n.
+    n: int = 1
 
     def __post_init__(self):
         if self.top_k == -1:   # vLLM clients send -1 for "off"; the engines know only 0
@@ -58,11 +62,20 @@ class SamplingParams:
              f"must be token ids between 0 and {INT32_MAX}"),
             (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
              f"must be between 0 and {MAX_TOP_LOGPROBS}"),
+            (1 <= self.n <= MAX_CHOICES, "n", f"must be between 1 and {MAX_CHOICES}"),
         ]
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    def choice_seed(self, index: int) -> int | None:
+        """The seed of choice `index`: the request's own for choice 0 (so n=1 draws what it always drew), and for
+        the others a hash of (seed, index), so that no choice of seed s replays choice 0 of seed s + i."""
+        if self.seed is None or index == 0:
+            return self.seed
+        digest = hashlib.blake2b(f"{self.seed}:{index}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
 
     @property
     def penalized(self) -> bool:
@@ -89,12 +102,19 @@ def sampling_params(config: CheckpointConfig, prompt_len: int, *, max_tokens=Non
 @dataclass
 class GenerationRequest:
     """prompt_ids: int32 [prompt_len]; ids >= vocab_size index rows of prompt_table.
-    prompt_table: float [rows, hidden] image embeddings, or None for a text-only prompt."""
+    prompt_table: float [rows, hidden] image embeddings, or None for a text-only prompt.
+    prompt_extra_ids: int64 [prompt_len]: 0 at text positions; at image positions an id derived from that image's
+    content hash (TensorRT-LLM's input_token_extra_ids), so equal ids <=> same image content. None: all 0 (a
+    prompt with image rows and no extra ids is keyed by a hash of its table instead, see prefix.py).
+    cache_salt: vLLM's: prompts with different salts never share cached KV blocks (tenants kept apart).
+    """
 
     request_id: str
     prompt_ids: np.ndarray
     sampling: SamplingParams
     prompt_table: object | None = None
+    prompt_extra_ids: np.ndarray | None = None
+    cache_salt: str | None = None
 
 
 @dataclass
@@ -114,6 +134,8 @@ class EngineOutput:
     completion_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None   # one per token id, when asked for
+    sequence_index: int = 0              # which of the request's n choices this output belongs to
+    cached_tokens: int = 0               # prompt tokens served from the prefix cache (OpenAI's cached_tokens)
 
     @property
     def finished(self) -> bool:
@@ -131,3 +153,8 @@ class EngineStats:
     steps: int = 0
     forward_s: float = 0.0     # time inside the model forward
     step_s: float = 0.0        # whole steps: forward + scheduling + sampling + reporting
+    # Prefix cache, as vLLM counts it: prompt tokens looked up and found (totals), and KV bytes of the cached
+    # blocks no sequence uses now (kept for a later hit, evicted least recently used).
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    prefix_cache_bytes: int = 0

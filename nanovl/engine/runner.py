@@ -32,7 +32,7 @@ class _Plan:
 
 class ModelRunner:
     def __init__(self, config: CheckpointConfig, *, kv_cache_tokens: int, block_size: int = 16,
-                 dtype: str | None = None, device: str = "cpu"):
+                 dtype: str | None = None, device: str = "cpu", prefix_caching: bool = True):
         self.config = config
         self.device = torch.device(device)
         self.model = load_llm(config, dtype=dtype, device=device)
@@ -40,13 +40,14 @@ class ModelRunner:
         self.num_heads = llm.num_attention_heads
         self.num_kv_heads = llm.num_key_value_heads
         self.head_dim = getattr(llm, "head_dim", None) or llm.hidden_size // llm.num_attention_heads
-        self.blocks = BlockManager(max(1, kv_cache_tokens // block_size), block_size)
+        self.blocks = BlockManager(max(1, kv_cache_tokens // block_size), block_size, caching=prefix_caching)
         shape = (llm.num_hidden_layers, self.blocks.num_blocks * block_size, 2, self.num_kv_heads, self.head_dim)
         # K and V side by side: [layers, slots, 2, kv_heads, head_dim], so one gather reads both. Written
         # through at start (not calloc's lazy zero pages), so the process holds its KV memory from the first
         # request on instead of growing into it (docs/reliability.md, soak).
         self.kv_pool = torch.empty(shape, dtype=torch_dtype(dtype or config.torch_dtype), device=self.device)
         self.kv_pool.fill_(0)
+        self.block_bytes = self.kv_pool.nbytes // self.blocks.num_blocks
         self._offsets = torch.arange(block_size, device=self.device)
 
     def _context_slots(self, seq: Sequence, length: int) -> torch.Tensor:

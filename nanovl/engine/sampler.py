@@ -27,10 +27,12 @@ class Sample:
     logprob: TokenLogprob | None = None   # when the request asks for logprobs
 
 
-def make_generator(params: SamplingParams) -> torch.Generator:
+def make_generator(params: SamplingParams, index: int = 0) -> torch.Generator:
+    """The generator of choice `index` of a request (SamplingParams.choice_seed)."""
     generator = torch.Generator()
-    if params.seed is not None:
-        generator.manual_seed(params.seed)
+    seed = params.choice_seed(index)
+    if seed is not None:
+        generator.manual_seed(seed)
     else:
         generator.seed()
     return generator
@@ -148,5 +150,5 @@ class Sampler:
 
     def _generator(self, seq: Sequence) -> torch.Generator:
         if seq.key not in self._generators:
-            self._generators[seq.key] = make_generator(seq.request.sampling)
+            self._generators[seq.key] = make_generator(seq.request.sampling, seq.index)
         return self._generators[seq.key]

@@ -68,4 +68,4 @@ def test_remove_frees_blocks():
     a = seq("a", 20)
     admitted(scheduler, a)
     assert blocks.free_blocks < 8
-    assert scheduler.remove("a") is a and blocks.free_blocks == 8 and scheduler.idle
+    assert scheduler.remove("a") == [a] and blocks.free_blocks == 8 and scheduler.idle
