@@ -13,8 +13,8 @@ from .schemas import SamplingRequest
 
 @dataclass
 class Delta:
-    """What one response of a generation adds. Token counts are running totals; finish_reason is set on the
-    last delta only ("stop" or "length")."""
+    """What one response of a generation adds to one of its choices. Token counts are running totals of that
+    choice; finish_reason is set on the choice's last delta only ("stop" or "length")."""
 
     text: str
     token_ids: list[int]
@@ -22,6 +22,8 @@ class Delta:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[dict] | None = None    # OpenAI ChatCompletionTokenLogprob dicts, when asked for
+    index: int = 0                        # the choice (0 to n-1); counts and finish_reason are that choice's
+    cached_tokens: int = 0                # prompt tokens the prefix cache served
 
 
 class Backend(Protocol):

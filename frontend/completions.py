@@ -40,8 +40,9 @@ async def completions(body: CompletionRequest, request: Request):
         return None
     return Completion(
         **meta, usage=answer.usage,
-        choices=[{"index": 0, "text": answer.text, "finish_reason": answer.finish_reason,
-                  "logprobs": _logprobs(answer.deltas, 0) if body.logprobs is not None else None}],
+        choices=[{"index": i, "text": answer.text(i), "finish_reason": answer.finish_reason(i),
+                  "logprobs": _logprobs(answer.of(i), 0) if body.logprobs is not None else None}
+                 for i in range(body.n)],
     ).model_dump(exclude_unset=True)
 
 
@@ -51,12 +52,13 @@ async def _chunks(meta: dict, generation: Generation, include_usage: bool, logpr
         # Plain JSON: openai's Completion type has no null finish_reason, which every chunk but the last carries.
         return json.dumps({**meta, "choices": choices, **({"usage": usage} if usage is not None else {})})
 
-    offset = 0
+    offsets: dict[int, int] = {}   # per choice: where its next text starts
     async for delta in generation:
+        offset = offsets.get(delta.index, 0)
         if delta.text or delta.finish_reason or (logprobs and delta.logprobs):
-            yield chunk([{"index": 0, "text": delta.text, "finish_reason": delta.finish_reason,
+            yield chunk([{"index": delta.index, "text": delta.text, "finish_reason": delta.finish_reason,
                           "logprobs": _logprobs([delta], offset) if logprobs else None}],
-                        usage_counts(delta) if continuous_usage else None)
-        offset += len(delta.text)
+                        usage_counts(generation.lasts) if continuous_usage else None)
+        offsets[delta.index] = offset + len(delta.text)
     if include_usage:
-        yield chunk([], usage=usage_counts(generation.last))
+        yield chunk([], usage=usage_counts(generation.lasts))

@@ -31,6 +31,7 @@ class Generation:
         self.deltas = deltas
         self.first = first
         self.last = first
+        self.lasts: dict[int, Delta] = {first.index: first} if first else {}   # each choice's latest delta
         self.started = started
         self.ttft_s = time.perf_counter() - started
         self._closed = False
@@ -39,7 +40,7 @@ class Generation:
         itl = self.app_state.metrics.itl
         delta, previous = self.first, time.perf_counter()
         while delta is not None:
-            self.last = delta
+            self.last = self.lasts[delta.index] = delta
             yield delta
             delta = await anext(self.deltas, None)
             now = time.perf_counter()
@@ -60,7 +61,8 @@ class Generation:
 
     def _record(self) -> None:
         metrics, last = self.app_state.metrics, self.last
-        prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
+        usage = usage_counts(self.lasts)
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
         metrics.e2e.observe(time.perf_counter() - self.started)
         metrics.prompt_tokens.inc(prompt)
         metrics.generation_tokens.inc(completion)
@@ -90,21 +92,22 @@ async def open_generation(request: Request, body: SamplingRequest, response_id: 
 
 @dataclass
 class Collected:
-    """A whole non-streamed answer."""
+    """A whole non-streamed answer: its deltas, of every choice."""
 
     deltas: list[Delta]
 
-    @property
-    def text(self) -> str:
-        return "".join(d.text for d in self.deltas)
+    def of(self, index: int) -> list[Delta]:
+        return [d for d in self.deltas if d.index == index]
 
-    @property
-    def finish_reason(self) -> str:
-        return (self.deltas[-1].finish_reason if self.deltas else None) or "stop"
+    def text(self, index: int = 0) -> str:
+        return "".join(d.text for d in self.of(index))
+
+    def finish_reason(self, index: int = 0) -> str:
+        return next((d.finish_reason for d in reversed(self.of(index)) if d.finish_reason), None) or "stop"
 
     @property
     def usage(self) -> dict:
-        return usage_counts(self.deltas[-1] if self.deltas else None)
+        return usage_counts({d.index: d for d in self.deltas})
 
 
 async def collect_unless_disconnected(request: Request, generation: Generation) -> Collected | None:
@@ -150,9 +153,15 @@ async def sse(events: AsyncIterator[str], generation: Generation) -> AsyncIterat
 
 def usage_before_tokens(first: Delta | None) -> Delta | None:
     """The usage before any token: the first delta's prompt count, no completion tokens yet."""
-    return Delta("", [], None, first.prompt_tokens, 0) if first else None
+    return Delta("", [], None, first.prompt_tokens, 0, cached_tokens=first.cached_tokens) if first else None
 
 
-def usage_counts(last: Delta | None) -> dict:
-    prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage_counts(last: Delta | dict[int, Delta] | None) -> dict:
+    """OpenAI's usage from the latest delta of each choice (a dict by choice index, or one delta): the prompt
+    counted once, completion tokens summed over the choices."""
+    lasts = list(last.values()) if isinstance(last, dict) else [last] if last else []
+    prompt = max((d.prompt_tokens for d in lasts), default=0)
+    completion = sum(d.completion_tokens for d in lasts)
+    cached = max((d.cached_tokens for d in lasts), default=0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}

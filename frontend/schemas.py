@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nanovl.core.errors import ClientError
-from nanovl.core.limits import MAX_COMPLETION_LOGPROBS
+from nanovl.core.limits import MAX_CACHE_SALT_CHARS, MAX_COMPLETION_LOGPROBS
 from nanovl.engine.request import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,14 @@ class SamplingRequest(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     repetition_penalty: float | None = None
-    n: int = Field(default=1, ge=1)
+    n: int = 1                          # range checked by SamplingParams (1 to MAX_CHOICES)
+    # vLLM's: requests with different salts never share cached KV blocks (tenants kept apart).
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=MAX_CACHE_SALT_CHARS)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
-    @field_validator("model", "stop", "user", mode="after")
+    @field_validator("model", "stop", "user", "cache_salt", mode="after")
     @classmethod
     def _text(cls, value, info):
         return refuse_lone_surrogates(value, info.field_name)
@@ -75,8 +77,6 @@ class SamplingRequest(BaseModel):
         unknown = sorted(set(extra) - set(self.unsupported))
         if unknown:
             log.debug("ignoring unknown fields %s", unknown)
-        if self.n != 1:
-            raise ClientError("n must be 1: one choice per request is supported", param="n")
         self.to_sampling_params()   # a bad sampling value is a 400 now, before admission
         return self
 
@@ -108,7 +108,7 @@ class SamplingRequest(BaseModel):
                   "top_k": self.top_k, "seed": self.seed, "min_tokens": self.min_tokens,
                   "frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty,
                   "repetition_penalty": self.repetition_penalty, "logprobs": self.top_logprobs_wanted(),
-                  "stop": tuple(self.stop_strings())}
+                  "stop": tuple(self.stop_strings()), "n": self.n if self.n != 1 else None}
         return {name: value for name, value in values.items() if value is not None and value != ()}
 
     def field_of(self, sampling_field: str) -> str:

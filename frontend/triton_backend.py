@@ -19,10 +19,11 @@ from .errors import HTTPError
 from .schemas import ChatCompletionRequest, SamplingRequest
 
 log = logging.getLogger("nanovl.frontend")
-_SAMPLING = {t.name: t for t in T.SAMPLING}
+_SAMPLING = {**{t.name: t for t in T.SAMPLING}, "n": T.NUM_RETURN_SEQUENCES}
 STAGES = tuple(T.MODELS)
 # The ensemble outputs a response needs; the logprob ones only when asked for (fewer tensors per response).
-_OUTPUTS = tuple(t.name for t in (T.TEXT_OUTPUT, T.TOKEN_IDS, T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS))
+_OUTPUTS = tuple(t.name for t in (T.TEXT_OUTPUT, T.TOKEN_IDS, T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS,
+                                  T.SEQUENCE_INDEX, T.CACHED_TOKENS))
 _LOGPROB_OUTPUTS = tuple(t.name for t in (T.TOKEN_LOGPROBS, T.TOKENS, T.TOP_LOGPROBS, T.TOP_LOGPROB_TOKENS))
 
 
@@ -100,8 +101,10 @@ class TritonBackend:
         inputs = {prompt.name: bytes_tensor(request.prompt_text())}
         for name, value in request.sampling_inputs().items():
             if value is not None:
-                inputs[name] = T.to_array(_SAMPLING[name], value)
-        finished = False
+                inputs[_SAMPLING[name].name] = T.to_array(_SAMPLING[name], value)
+        if request.cache_salt is not None:
+            inputs[T.CACHE_SALT.name] = T.to_array(T.CACHE_SALT, request.cache_salt)
+        finished, done, choices = False, 0, request.n
         outputs = _OUTPUTS + (_LOGPROB_OUTPUTS if T.LOGPROBS.name in inputs else ())
         started = time.time()
         stream = self._watched(self.client.stream(self.model, inputs, request_id=request_id,
@@ -113,10 +116,11 @@ class TritonBackend:
                 reason = out[T.FINISH_REASON.name][0].decode()
                 if reason in ("cancelled", "error"):
                     raise ServerError(f"generation ended: {reason}")
-                finished = bool(reason)
+                done += bool(reason)
+                finished = done == choices
                 yield Delta(out[T.TEXT_OUTPUT.name][0].decode("utf-8"), out[T.TOKEN_IDS.name].tolist(), reason or None,
                             int(out[T.PROMPT_TOKENS.name][0]), int(out[T.COMPLETION_TOKENS.name][0]),
-                            _logprobs(out))
+                            _logprobs(out), int(out[T.SEQUENCE_INDEX.name][0]), int(out[T.CACHED_TOKENS.name][0]))
             finished = True
         except TritonStreamError as exc:
             finished = True   # the error ended the request on the server

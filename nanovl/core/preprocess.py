@@ -16,6 +16,7 @@ import numpy as np
 from .checkpoint import CheckpointConfig, load_config, load_tokenizer
 from .errors import ClientError
 from .fetch import Fetcher, FetchSettings
+from .image_cache import SeenImages, extra_ids, image_key, model_identity
 from .images import ImageLimits, data_url_bytes, load_rgb, open_image
 from .prompt import Chat, build_input_ids, chat_template, parse_messages
 from .tiling import TilingSettings, num_tiles, tile_image
@@ -43,6 +44,10 @@ class PreprocessSettings:
     image_fetch_read_timeout_s: float = 10.0
     image_fetch_timeout_s: float = 30.0       # a whole fetch, redirects included
     image_fetch_max_redirects: int = 3
+    # Images whose tiles were sent recently (their content keys and tile counts, a few bytes each): sent again,
+    # one goes as its encoded bytes, neither decoded nor tiled, for the vision encoder's embedding cache to
+    # answer (nanovl.core.image_cache). 0: every image is decoded and tiled here.
+    image_cache_entries: int = 4096
 
     @property
     def tiling(self) -> TilingSettings:
@@ -64,7 +69,11 @@ class PreprocessSettings:
 @dataclass(frozen=True)
 class Preprocessed:
     input_ids: np.ndarray   # int32 [prompt_len]
-    tiles: np.ndarray       # uint8 [n, S, S, 3]; n = 0 for a text-only prompt
+    tiles: np.ndarray       # uint8 [n, S, S, 3] of the images not in sources; n = 0 for a text-only prompt
+    extra_ids: np.ndarray | None = None     # int64 [prompt_len]: image content keys at image positions, else 0
+    image_keys: tuple[int, ...] = ()        # per image, its content key (nanovl.core.image_cache)
+    tile_counts: tuple[int, ...] = ()       # per image
+    sources: tuple[bytes, ...] = ()         # per image: its encoded bytes if sent without tiles, else b""
 
 
 def _remote(chat: Chat) -> list[tuple[int, str]]:
@@ -81,6 +90,8 @@ class Preprocessor:
         self.tiling = TilingSettings(tile_size=config.image_size, max_tiles=settings.tiling.max_tiles,
                                      use_thumbnail=settings.tiling.use_thumbnail,
                                      upscale_2x=settings.tiling.upscale_2x)
+        self.seen = SeenImages(settings.image_cache_entries)
+        self.identity = model_identity(config.path)
 
     @classmethod
     def from_checkpoint(cls, path: str, settings: PreprocessSettings = PreprocessSettings()) -> "Preprocessor":
@@ -145,17 +156,28 @@ class Preprocessor:
     def _build(self, chat: Chat, fetched: list[bytes | ClientError]) -> Preprocessed:
         """fetched: what _remote(chat) URLs returned, in that order."""
         by_index = {i: body for (i, _), body in zip(_remote(chat), fetched)}
-        opened = [open_image(self._source(i, url, by_index), index=i, limits=self.settings.limits)
-                  for i, url in enumerate(chat.image_urls)]
+        sources = [self._source(i, url, by_index) for i, url in enumerate(chat.image_urls)]
+        keys = [image_key(data, self.tiling, self.identity) for data in sources]
+        seen = [self.seen.get(key) for key in keys]   # a tile count: sent before, goes as its bytes
+        opened = [open_image(data, index=i, limits=self.settings.limits) if count is None else None
+                  for i, (data, count) in enumerate(zip(sources, seen))]
         # Tile counts follow from the sizes alone: a prompt that cannot fit is refused before any decoding.
-        counts = [num_tiles(*image.size, self.tiling) for image in opened]
+        counts = [num_tiles(*image.size, self.tiling) if count is None else count
+                  for image, count in zip(opened, seen)]
         input_ids = build_input_ids(self.tokenizer, self.config, chat, counts, template=self.template)
         self._check_context(len(input_ids), counts)
-        tiles = [tile_image(load_rgb(image), self.tiling) for image in opened]
-        assert [len(t) for t in tiles] == counts, "tile counts differ from the prompt's image spans"
+        fresh = [(image, count) for image, count in zip(opened, counts) if image is not None]
+        tiles = [tile_image(load_rgb(image), self.tiling) for image, _ in fresh]
+        assert [len(t) for t in tiles] == [c for _, c in fresh], "tile counts differ from the prompt's image spans"
+        for key, count, image in zip(keys, counts, opened):
+            if image is not None:
+                self.seen.add(key, count)
         side = self.config.image_size
         stacked = np.concatenate(tiles) if tiles else np.zeros((0, side, side, 3), np.uint8)
-        return Preprocessed(input_ids, stacked)
+        return Preprocessed(input_ids, stacked,
+                            extra_ids(input_ids, keys, counts, self.config.vocab_size, self.config.tokens_per_tile),
+                            tuple(keys), tuple(counts),
+                            tuple(b"" if image is not None else data for data, image in zip(sources, opened)))
 
     def _check_context(self, prompt_len: int, counts: list[int]) -> None:
         limit = self.config.max_context

@@ -39,6 +39,9 @@ class VisionSettings:
     device: str = "cpu"
     dtype: str | None = None       # pytorch only; None: the checkpoint's torch_dtype
     torch_threads: int = 1         # CPU: intra-op threads of torch or onnxruntime
+    # Embeddings of recent images by content key (nanovl.core.image_cache), least recently used evicted past
+    # this many bytes; 0 = off. One 13-tile image of the real model is 13 x 256 x 4096 float32: 52 MiB.
+    image_embedding_cache_bytes: int = 1 << 30
 
 
 

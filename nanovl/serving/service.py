@@ -2,6 +2,8 @@
 
 Streaming costs per response, not per token (tritonserver-cpu.md), so a sender thread coalesces every output
 that is ready since its last send into one message per stream: the stream interval adapts to load by itself.
+A request with n choices is one stream whose messages each carry one choice's tokens (`sequence_index`); each
+choice has its own framing and stop strings, and the stream ends with the last choice to finish.
 """
 from __future__ import annotations
 
@@ -35,19 +37,35 @@ class StreamMessage:
     error: str | None = None
     trim_bytes: int = 0                               # drop from the end of the new tokens' text (stop string)
     logprobs: list[TokenLogprob] | None = None        # one per new token, when asked for
+    sequence_index: int = 0                           # the choice these tokens belong to
+    cached_tokens: int = 0                            # prompt tokens the prefix cache served
+    last: bool | None = None                          # the stream's last message (None: this choice's end)
 
     @property
     def final(self) -> bool:
-        return bool(self.finish_reason) or self.error is not None
+        """Whether the stream ends with this message (every choice has finished, or an error)."""
+        if self.error is not None:
+            return True
+        return bool(self.finish_reason) if self.last is None else self.last
+
+
+@dataclass
+class _Choice:
+    framer: StreamFramer
+    matcher: StopMatcher
+    done: bool = False
 
 
 @dataclass
 class _Stream:
     target: object                  # what `send` delivers to (a Triton response sender)
-    framer: StreamFramer
-    matcher: StopMatcher
+    choices: list[_Choice]
     min_tokens: int
     label: str = ""
+
+    @property
+    def open_choices(self) -> int:
+        return sum(not c.done for c in self.choices)
 
 
 class GenerationService:
@@ -67,14 +85,15 @@ class GenerationService:
         self._sender.start()
 
     def submit(self, stream, prompt_ids: np.ndarray, sampling: SamplingParams, prompt_table=None,
-               label: str = "") -> str:
+               label: str = "", *, prompt_extra_ids: np.ndarray | None = None, cache_salt: str | None = None) -> str:
         """Starts a generation streamed to `stream`; `label` (the client's request id) is what a stop names."""
         key = uuid.uuid4().hex
+        choices = [_Choice(StreamFramer(self._token_bytes), StopMatcher.create(self._token_bytes, sampling.stop))
+                   for _ in range(sampling.n)]
         with self._lock:
-            self._streams[key] = _Stream(stream, StreamFramer(self._token_bytes),
-                                         StopMatcher.create(self._token_bytes, sampling.stop), sampling.min_tokens,
-                                         label)
-        self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table))
+            self._streams[key] = _Stream(stream, choices, sampling.min_tokens, label)
+        self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table,
+                                             prompt_extra_ids=prompt_extra_ids, cache_salt=cache_salt))
         return key
 
     def cancel_request(self, label: str) -> int:
@@ -117,7 +136,7 @@ class GenerationService:
                 if item is None:
                     closing = True
                 else:
-                    pending.setdefault(item.request_id, []).append(item)
+                    pending.setdefault((item.request_id, item.sequence_index), []).append(item)
             now = time.monotonic()
             for key in list(pending):
                 outputs = pending[key]
@@ -142,31 +161,44 @@ class GenerationService:
             except queue.Empty:
                 return items
 
-    def _deliver(self, key: str, outputs: list[EngineOutput]) -> None:
+    def _deliver(self, pending_key: tuple[str, int], outputs: list[EngineOutput]) -> None:
+        key, index = pending_key
         with self._lock:
             stream = self._streams.get(key)
-        if stream is None:
+        if stream is None or stream.choices[index].done:
             return   # already finished (a stop string), or never ours
+        choice = stream.choices[index]
         last = outputs[-1]
         tokens = [t for out in outputs for t in out.token_ids]
         extras = [lp for out in outputs for lp in (out.logprobs or [None] * len(out.token_ids))]
         final = last.finished
         # No stop strings before min_tokens (as vLLM).
-        released = stream.matcher.feed(tokens, extras, final=final,
+        released = choice.matcher.feed(tokens, extras, final=final,
                                        match_stops=last.completion_tokens >= stream.min_tokens)
         reason = last.finish_reason or ""
         if released.stopped:
             reason, final = "stop", True
-            self.engine.cancel(key)   # frees the slot now; its 'cancelled' output finds no stream
+        stream_done = False
         if final:
             with self._lock:
-                self._streams.pop(key, None)
+                for other in (stream.choices if last.error is not None else [choice]):   # an error ends them all
+                    other.done = True
+                stream_done = stream.open_choices == 0
+                if stream_done:
+                    self._streams.pop(key, None)
+            if last.error is not None and len(stream.choices) > 1:
+                self.engine.cancel(key)
+            # A stop string frees the slot now; its 'cancelled' output finds no stream. Other choices of the
+            # request decode on (the engine cancels a whole request), their extra tokens dropped here.
+            if released.stopped and stream_done:
+                self.engine.cancel(key)
         elif not released.tokens:
             return   # everything held back (may start a stop string): nothing to send yet
-        framed, offset = stream.framer.frame(released.tokens)
+        framed, offset = choice.framer.frame(released.tokens)
         logprobs = released.extras if extras and extras[0] is not None else None
         message = StreamMessage(np.asarray(framed, np.int32), offset, reason, last.prompt_tokens,
-                                last.completion_tokens, last.error, released.trim_bytes, logprobs)
+                                last.completion_tokens, last.error, released.trim_bytes, logprobs,
+                                index, last.cached_tokens, stream_done)
         try:
             self._send(stream.target, message)
         except Exception as exc:   # fail this stream alone, never the sender for everyone else

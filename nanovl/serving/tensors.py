@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.limits import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
+from ..core.limits import MAX_CACHE_SALT_CHARS, MAX_CHOICES, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,31 @@ STOP_TOKEN_IDS = Tensor("stop_token_ids", "TYPE_INT32", (-1,), True, "extra stop
 LOGPROBS = Tensor("logprobs", "TYPE_INT32", (1,), True, f"return log-probabilities and this many alternatives (0-{MAX_TOP_LOGPROBS})")
 SAMPLING = (MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K, SEED, MIN_TOKENS, REPETITION_PENALTY, FREQUENCY_PENALTY,
             PRESENCE_PENALTY, STOP, STOP_TOKEN_IDS, LOGPROBS)
+# Request settings that are not SamplingParams fields by their wire names (TensorRT-LLM backend's name for n).
+NUM_RETURN_SEQUENCES = Tensor("num_return_sequences", "TYPE_INT32", (1,), True,
+                              f"n: choices (1-{MAX_CHOICES}) sharing one prefill; responses carry sequence_index")
+CACHE_SALT = Tensor("cache_salt", "TYPE_STRING", (1,), True,
+                    f"vLLM's: prompts with another salt never share cached KV (up to {MAX_CACHE_SALT_CHARS} chars)")
+REQUEST = (*SAMPLING, NUM_RETURN_SEQUENCES, CACHE_SALT)
 
 # preprocessing -> vision_encoder / llm (optional on llm itself, whose other use is a stop request)
 INPUT_IDS = Tensor("input_ids", "TYPE_INT32", (-1,), doc="prompt ids; ids >= vocab_size are image embedding rows")
 LLM_INPUT_IDS = Tensor(INPUT_IDS.name, INPUT_IDS.dtype, INPUT_IDS.dims, True, INPUT_IDS.doc)
-TILES = Tensor("tiles", "TYPE_UINT8", (1, -1, -1, -1, 3), doc="RGB tiles [1, n, 512, 512, 3] of all images, in order")
+TILES = Tensor("tiles", "TYPE_UINT8", (1, -1, -1, -1, 3),
+               doc="RGB tiles [1, n, 512, 512, 3] of the images not in image_sources, in order")
+PROMPT_EXTRA_IDS = Tensor("prompt_extra_ids", "TYPE_INT64", (-1,),
+                          doc="[prompt_len] 0 for text; an image's content hash at its positions (KV-cache keys)")
+LLM_PROMPT_EXTRA_IDS = Tensor(PROMPT_EXTRA_IDS.name, PROMPT_EXTRA_IDS.dtype, PROMPT_EXTRA_IDS.dims, True,
+                              PROMPT_EXTRA_IDS.doc)
+# preprocessing -> vision_encoder: per image, its content hash (image bytes, tiling settings, checkpoint) and tile
+# count; an image whose embeddings the encoder likely holds is sent as its encoded bytes instead of tiles.
+IMAGE_HASHES = Tensor("image_hashes", "TYPE_INT64", (1, -1), True, "[1, images] content hash of each image (>= 1)")
+IMAGE_TILE_COUNTS = Tensor("image_tile_counts", "TYPE_INT32", (1, -1), True, "[1, images] tiles of each image")
+IMAGE_SOURCES = Tensor("image_sources", "TYPE_STRING", (1, -1), True,
+                       "[1, images] encoded bytes of an image sent without tiles ('' for one in tiles)")
+IMAGE_TILING = Tensor("image_tiling", "TYPE_INT32", (1, 4), True,
+                      "[1, 4] tile size, max tiles, thumbnail, 2x up-scale: how to tile image_sources on a miss")
+VISION_IMAGES = (IMAGE_HASHES, IMAGE_TILE_COUNTS, IMAGE_SOURCES, IMAGE_TILING)
 # vision_encoder -> llm
 PROMPT_TABLE = Tensor("prompt_embedding_table", "TYPE_FP32", (1, -1, -1), True,
                       doc="[1, rows, hidden] image embeddings; row k is prompt id vocab_size + k")
@@ -77,6 +97,8 @@ TRIM_BYTES = Tensor("trim_bytes", "TYPE_INT32", (1,), doc="bytes to drop from th
 TOKEN_LOGPROBS = Tensor("token_logprobs", "TYPE_FP32", (-1,), doc="log-probability of each new token ([0] if not asked)")
 TOP_LOGPROB_IDS = Tensor("top_logprob_ids", "TYPE_INT32", (-1, -1), doc="[new tokens, k] best alternatives")
 TOP_LOGPROBS = Tensor("top_logprob_values", "TYPE_FP32", (-1, -1), doc="[new tokens, k] their log-probabilities")
+SEQUENCE_INDEX = Tensor("sequence_index", "TYPE_INT32", (1,), doc="the choice (0 to n-1) this response belongs to")
+CACHED_TOKENS = Tensor("cached_tokens", "TYPE_INT32", (1,), doc="prompt tokens served from the prefix cache")
 # detokenizer -> client
 TEXT_OUTPUT = Tensor("text_output", "TYPE_STRING", (1,), doc="UTF-8 text added by this response")
 TOKEN_IDS = Tensor("token_ids", "TYPE_INT32", (-1,), doc="the new token ids of this response")
@@ -84,15 +106,16 @@ TOKENS = Tensor("tokens", "TYPE_STRING", (-1,), doc="UTF-8 bytes of each new tok
 TOP_LOGPROB_TOKENS = Tensor("top_logprob_tokens", "TYPE_STRING", (-1, -1), doc="bytes of each alternative")
 
 _LLM_OUT = (OUTPUT_IDS, NEW_OFFSET, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, TRIM_BYTES, TOKEN_LOGPROBS,
-            TOP_LOGPROB_IDS, TOP_LOGPROBS)
+            TOP_LOGPROB_IDS, TOP_LOGPROBS, SEQUENCE_INDEX, CACHED_TOKENS)
 _CLIENT_OUT = (TEXT_OUTPUT, TOKEN_IDS, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS, TOKEN_LOGPROBS, TOKENS,
-               TOP_LOGPROBS, TOP_LOGPROB_TOKENS)
+               TOP_LOGPROBS, TOP_LOGPROB_TOKENS, SEQUENCE_INDEX, CACHED_TOKENS)
 
 MODELS: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
-    "preprocessing": ((MESSAGES, PROMPT), (INPUT_IDS, TILES)),
-    "vision_encoder": ((TILES,), (PROMPT_TABLE,)),
-    "llm": ((LLM_INPUT_IDS, PROMPT_TABLE, *SAMPLING, STOP_REQUEST, STATUS_REQUEST), (*_LLM_OUT, REQUEST_KNOWN, LOADED_AT)),
+    "preprocessing": ((MESSAGES, PROMPT), (INPUT_IDS, TILES, PROMPT_EXTRA_IDS, *VISION_IMAGES)),
+    "vision_encoder": ((TILES, *VISION_IMAGES), (PROMPT_TABLE,)),
+    "llm": ((LLM_INPUT_IDS, PROMPT_TABLE, LLM_PROMPT_EXTRA_IDS, *REQUEST, STOP_REQUEST, STATUS_REQUEST),
+            (*_LLM_OUT, REQUEST_KNOWN, LOADED_AT)),
     "detokenizer": (_LLM_OUT, _CLIENT_OUT),
-    "ensemble": ((MESSAGES, PROMPT, *SAMPLING), _CLIENT_OUT),
+    "ensemble": ((MESSAGES, PROMPT, *REQUEST), _CLIENT_OUT),
 }
 DECOUPLED = {"llm", "ensemble"}

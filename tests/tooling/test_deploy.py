@@ -40,7 +40,7 @@ def test_probes_use_the_frontend_health_endpoints():
 
 
 def test_autoscaler_scales_on_gauges_the_llm_stage_exports():
-    exported = set(re.findall(r'"(nanovl_engine_\w+)"', (ROOT / "model_repository/llm/1/model.py").read_text()))
+    exported = set(re.findall(r'"(nanovl_engine_\w+)"', (ROOT / "nanovl/serving/stage_metrics.py").read_text()))
     hpa = _by_kind("HorizontalPodAutoscaler")
     scaled_on = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
     ours = {name for name in scaled_on if name.startswith("nanovl_")}

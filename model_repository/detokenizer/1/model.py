@@ -12,7 +12,7 @@ from nanovl.serving import control, tensors as T
 from nanovl.serving.parameters import model_parameters
 
 _PASS_THROUGH = tuple(t.name for t in (T.FINISH_REASON, T.PROMPT_TOKENS, T.COMPLETION_TOKENS, T.TOKEN_LOGPROBS,
-                                       T.TOP_LOGPROBS))
+                                       T.TOP_LOGPROBS, T.SEQUENCE_INDEX, T.CACHED_TOKENS))
 # is_cancelled() is an IPC per call: poll every Nth response of a request id (a bounded, lossy counter).
 _CANCEL_POLL_EVERY = 4
 _COUNTER_LIMIT = 4096

@@ -3,12 +3,12 @@
 The Preprocessor fetches a request's remote images concurrently on its own event-loop thread, which lives
 as long as the model (one HTTP client and connection pool for every request, not one per execute()).
 """
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nanovl.core.errors import NanoVLError
 from nanovl.core.preprocess import PreprocessSettings, Preprocessor
 from nanovl.serving import tensors as T
+from nanovl.serving.image_io import preprocessed_outputs
 from nanovl.serving.parameters import model_parameters, read_settings
 
 
@@ -30,10 +30,8 @@ class TritonPythonModel:
             try:
                 result = self.preprocess.from_inputs(_scalar(request, T.MESSAGES.name),
                                                   _scalar(request, T.PROMPT.name))
-                responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor(T.INPUT_IDS.name, result.input_ids),
-                    pb_utils.Tensor(T.TILES.name, np.ascontiguousarray(result.tiles)[None]),
-                ]))
+                outputs = preprocessed_outputs(result, self.preprocess.tiling)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()]))
             except NanoVLError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.to_wire())))
         return responses
