@@ -30,7 +30,7 @@ CONTAINER_TESTS := $(filter-out $(foreach t,$(MAIN_ONLY_TESTS),$(LAYERS:%=tests/
 # $NANOVL_PYTORCH_PYTHON, the image's venv with transformers 5).
 ENGINE_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: help install checkpoint serve test test-container configs engine docker clean bench-engine bench-preprocess bench-serve bench-gpu bench-vision soak faults
+.PHONY: help install checkpoint serve test test-container configs engine docker clean bench-engine bench-preprocess bench-serve bench-cache bench-gpu bench-vision soak faults
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ bench-engine: $(TINY)/config.json ## Tokens/s of our engine vs transformers' con
 
 bench-serve: $(TINY)/config.json ## Streamed tok/s + TTFT at 1/16/64 clients: frontend+Triton vs engine in-process vs transformers serve
 	$(BIN)/python -m bench.serve --checkpoint $(TINY)
+
+bench-cache: $(TINY)/config.json ## TTFT of turns 2-3 vs 1 of an image conversation (1, 8 at once); 16 clients sharing a system prompt vs distinct
+	$(BIN)/python -m bench.cache --checkpoint $(TINY)
 
 soak: $(TINY)/config.json ## 5 rounds of 64 concurrent streams (text + images): zero errors, memory flat after round 1
 	$(BIN)/python -m bench.soak --checkpoint $(TINY)

@@ -40,7 +40,8 @@ def probe_inputs(tile_size: int = 512) -> dict[str, dict[str, np.ndarray]]:
                         T.PROMPT_TOKENS.name: one, T.COMPLETION_TOKENS.name: one, T.TRIM_BYTES.name: one,
                         T.TOKEN_LOGPROBS.name: np.zeros(0, np.float32),
                         T.TOP_LOGPROB_IDS.name: np.zeros((0, 0), np.int32),
-                        T.TOP_LOGPROBS.name: np.zeros((0, 0), np.float32)},
+                        T.TOP_LOGPROBS.name: np.zeros((0, 0), np.float32), T.SEQUENCE_INDEX.name: one,
+                        T.CACHED_TOKENS.name: one},
     }
 
 
