@@ -15,6 +15,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,6 @@ from .tiling import TilingSettings, tile_image
 
 def model_identity(checkpoint_dir) -> bytes:
     """Bytes that change when the checkpoint does: its config and the size and time of its weight files."""
-    from pathlib import Path
     root = Path(checkpoint_dir)
     h = hashlib.blake2b(digest_size=16)
     for path in sorted(root.glob("*.json")) + sorted(root.glob("*.safetensors")):
@@ -133,51 +133,42 @@ class VisionRequest:
     tiling: TilingSettings | None = None
 
 
+def _image_tiles(request: VisionRequest, cache: EmbeddingCache | None):
+    """Per image of the request: ("cached", rows) or ("new", key, tiles); keys None -> one uncached part."""
+    if request.keys is None:
+        return [("new", None, request.tiles)]
+    parts, offset = [], 0
+    for key, count, source in zip(request.keys, request.counts, request.sources):
+        if not source:   # sent as tiles: they are consumed whether or not the cache answers
+            tiles, offset = request.tiles[offset:offset + count], offset + count
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            parts.append(("cached", cached))
+        else:   # an image sent as bytes that the cache no longer holds is decoded here
+            parts.append(("new", key, tiles if not source else
+                          tile_image(load_rgb(open_image(source, index=0)), request.tiling)))
+    return parts
+
+
 def encode_batch(encoder, requests: list[VisionRequest], cache: EmbeddingCache | None, hidden: int,
                  tokens_per_tile: int) -> list[np.ndarray]:
     """One encoder forward over every tile of the batch that no cache entry answers -> one prompt table per
     request (float32 [rows, hidden]). encoder: uint8 [n, S, S, 3] -> float [n, tokens_per_tile, hidden]."""
-    rows_per_tile = tokens_per_tile
-    plans, todo = [], []   # per request: a list of ("cached", rows) | ("new", index into todo's tiles)
-    start = 0
-    for request in requests:
-        parts = []
-        if request.keys is None:
-            parts.append(("new", start, len(request.tiles)))
-            todo.append(request.tiles)
-            start += len(request.tiles)
-        else:
-            offset = 0
-            for key, count, source in zip(request.keys, request.counts, request.sources):
-                if source:
-                    cached = cache.get(key) if cache is not None else None
-                    if cached is not None:
-                        parts.append(("cached", cached, key))
-                        continue
-                    tiles = tile_image(load_rgb(open_image(source, index=0)), request.tiling)
-                else:
-                    tiles, offset = request.tiles[offset:offset + count], offset + count
-                    cached = cache.get(key) if cache is not None else None
-                    if cached is not None:
-                        parts.append(("cached", cached, key))
-                        continue
-                parts.append(("new", start, len(tiles), key))
-                todo.append(tiles)
-                start += len(tiles)
-        plans.append(parts)
-    new = np.zeros((0, hidden), np.float32)
-    if start:
-        new = np.asarray(encoder(np.concatenate(todo))).reshape(-1, hidden)
-    tables = []
+    plans = [_image_tiles(request, cache) for request in requests]
+    todo = [part[2] for parts in plans for part in parts if part[0] == "new" and len(part[2])]
+    new = np.asarray(encoder(np.concatenate(todo))).reshape(-1, hidden) if todo else np.zeros((0, hidden), np.float32)
+    tables, start = [], 0
     for parts in plans:
         pieces = []
         for part in parts:
             if part[0] == "cached":
                 pieces.append(part[1])
                 continue
-            rows = new[part[1] * rows_per_tile:(part[1] + part[2]) * rows_per_tile]
-            if len(part) > 3 and cache is not None:
-                cache.put(part[3], rows)
+            _, key, tiles = part
+            rows = new[start:start + len(tiles) * tokens_per_tile]
+            start += len(rows)
+            if key is not None and cache is not None:
+                cache.put(key, rows)
             pieces.append(rows)
         tables.append(np.concatenate(pieces) if pieces else np.zeros((0, hidden), np.float32))
     return tables

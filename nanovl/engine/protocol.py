@@ -17,7 +17,10 @@ class Engine(Protocol):
 
     - each output carries the tokens produced since the request's previous output (possibly none on the
       last), with `prompt_tokens` and the running `completion_tokens`;
-    - exactly one output per request is final: its `finish_reason` is set ("stop", "length", "cancelled" or
+    - with n > 1 choices, each output is one choice's (`sequence_index`), and all of the above holds per choice.
+      An engine that honours n > 1 says so with a class attribute `supports_choices = True`; the llm stage refuses
+      n > 1 for one without it (an optional member, so an engine written before it still is an Engine);
+    - exactly one output per request (per choice) is final: its `finish_reason` is set ("stop", "length", "cancelled" or
       "error", with `error` saying why), and nothing follows it. A stop token ends the request with "stop"; it
       is counted in `completion_tokens` but not shown in `token_ids`;
     - a failure that belongs to one request (a prompt too large for the cache, settings the engine cannot

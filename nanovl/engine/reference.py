@@ -23,6 +23,7 @@ class ReferenceEngine:
     chooses their tokens; this object keeps their books and reports."""
 
     stats: EngineStats
+    supports_choices = True
 
     def __init__(self, runner: ModelRunner, on_output: OnOutput, *, max_running: int = 16,
                  max_step_tokens: int = 8192, sampler: Sampler | None = None):

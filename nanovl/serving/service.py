@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.detokenize import StreamFramer, TokenBytes
+from ..core.errors import ClientError
 from ..core.stop import StopMatcher
 from ..engine.protocol import Engine
 from ..engine.request import EngineOutput, GenerationRequest, SamplingParams, TokenLogprob
@@ -87,6 +88,8 @@ class GenerationService:
     def submit(self, stream, prompt_ids: np.ndarray, sampling: SamplingParams, prompt_table=None,
                label: str = "", *, prompt_extra_ids: np.ndarray | None = None, cache_salt: str | None = None) -> str:
         """Starts a generation streamed to `stream`; `label` (the client's request id) is what a stop names."""
+        if sampling.n > 1 and not getattr(self.engine, "supports_choices", False):
+            raise ClientError("n > 1 is not available with this llm engine", param="n")
         key = uuid.uuid4().hex
         choices = [_Choice(StreamFramer(self._token_bytes), StopMatcher.create(self._token_bytes, sampling.stop))
                    for _ in range(sampling.n)]
