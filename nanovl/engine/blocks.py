@@ -92,12 +92,12 @@ class BlockManager:
         self.queried_tokens += queried
         self.hit_tokens += hit
 
-    def register(self, key: int, hashes: list[bytes]) -> None:
-        """Records that the sequence's first len(hashes) blocks are full and written, with these hashes. A
-        hash another block already holds keeps that block (this one stays private and is freed as usual)."""
+    def register(self, key: int, hashes: list[bytes], start: int = 0) -> None:
+        """Records that the sequence's blocks start.. start+len(hashes)-1 are full and written, with these hashes.
+        A hash another block already holds keeps that block (this one stays private and is freed as usual)."""
         if not self.caching:
             return
-        for block, block_hash in zip(self.tables[key], hashes):
+        for block, block_hash in zip(self.tables[key][start:], hashes):
             if block not in self._hash_of and block_hash not in self._by_hash:
                 self._hash_of[block] = block_hash
                 self._by_hash[block_hash] = block

@@ -39,6 +39,7 @@ class Sequence:
     hashes: list[bytes] = field(default_factory=list)        # chained hashes of its full blocks so far
     extra_ids: np.ndarray | None = None                      # int64 [prompt_len], see prefix.py
     cached_tokens: int | None = None    # prompt tokens the prefix cache served when first admitted
+    registered: int = 0                 # its first blocks offered to the prefix cache (since its table began)
 
     def __post_init__(self):
         self.forked = self.forked or self.request.sampling.n == 1
@@ -88,11 +89,13 @@ class Scheduler:
         prefills = []
         while self.waiting and len(self.running) < self.max_running:
             seq = self.waiting[0]
-            looked_up = seq.key not in self.blocks.tables and self._lookup(seq)
+            fresh = seq.key not in self.blocks.tables   # not a forked choice, which holds its share already
+            if fresh:
+                self._lookup(seq)
             need = seq.length - seq.cached
             # A prompt larger than the whole budget still runs, alone in its step.
             if (need > budget and (prefills or decodes)) or not self.blocks.can_hold(seq.key, seq.length + 1):
-                if looked_up:   # waiting holds no blocks: the next try looks up again
+                if fresh:   # a waiting sequence holds no cached blocks: the next try looks up again
                     self.blocks.free(seq.key)
                     seq.cached = 0
                 break
@@ -106,12 +109,11 @@ class Scheduler:
             budget -= need
         return Step(prefills, decodes)
 
-    def _lookup(self, seq: Sequence) -> bool:
+    def _lookup(self, seq: Sequence) -> None:
         """Takes the cached blocks of the sequence's prefix, leaving at least its last token to run."""
         if self.blocks.caching:
             self._extend_hashes(seq, seq.length - 1)
             seq.cached = self.blocks.match(seq.key, seq.hashes) * self.blocks.block_size
-        return True
 
     def _extend_hashes(self, seq: Sequence, num_tokens: int) -> None:
         """seq.hashes covers every full block of its first num_tokens tokens."""
@@ -126,9 +128,11 @@ class Scheduler:
 
     def written(self, seq: Sequence) -> None:
         """The forward wrote the KV of the sequence's first seq.cached tokens: its full blocks become cached."""
-        if self.blocks.caching and seq.key in self.blocks.tables:
+        full = seq.cached // self.blocks.block_size
+        if self.blocks.caching and seq.key in self.blocks.tables and full > seq.registered:
             self._extend_hashes(seq, seq.cached)
-            self.blocks.register(seq.key, seq.hashes[:seq.cached // self.blocks.block_size])
+            self.blocks.register(seq.key, seq.hashes[seq.registered:full], start=seq.registered)
+            seq.registered = full
 
     def fork(self, parent: Sequence) -> list[Sequence]:
         """The parent's n - 1 other choices, right after its prefill: each shares the prompt's full blocks and
@@ -164,7 +168,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq.key)
-        seq.cached = 0
+        seq.cached = seq.registered = 0
         self.waiting.appendleft(seq)
 
     def remove(self, request_id: str) -> list[Sequence]:
