@@ -1,8 +1,9 @@
 """Stream a chat completion straight from Triton's `ensemble` with tritonclient (no OpenAI frontend).
 
-    python examples/grpc_stream.py [--url 127.0.0.1:8001] [--image photo.jpg] "Describe the image."
+    python examples/grpc_stream.py [--url 127.0.0.1:8001] [--image photo.jpg] [--n 3] "Describe the image."
 
-Prints the text as it streams, then the finish reason and token counts. See docs/triton-api.md.
+Prints the text as it streams, then the finish reason and token counts. With --n, the choices stream interleaved
+(each response names its `sequence_index`): each is printed whole when it finishes. See docs/triton-api.md.
 """
 import argparse
 import base64
@@ -15,11 +16,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 
-def build_inputs(messages, max_tokens, temperature):
+def build_inputs(messages, max_tokens, temperature, n=1):
     tensors = {
         "messages": np.array([json.dumps(messages).encode()], dtype=np.object_),
         "max_tokens": np.array([max_tokens], dtype=np.int32),
         "temperature": np.array([temperature], dtype=np.float32),
+        "num_return_sequences": np.array([n], dtype=np.int32),
     }
     inputs = []
     for name, value in tensors.items():
@@ -37,6 +39,7 @@ def main():
     parser.add_argument("--image", help="a local image file, sent as a base64 data URL")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--n", type=int, default=1, help="choices sharing one prefill (num_return_sequences)")
     args = parser.parse_args()
 
     content = [{"type": "text", "text": args.prompt}]
@@ -51,8 +54,9 @@ def main():
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
         # The ensemble is decoupled: it streams. The empty final response marks the end of the stream.
-        client.async_stream_infer("ensemble", build_inputs(messages, args.max_tokens, args.temperature),
+        client.async_stream_infer("ensemble", build_inputs(messages, args.max_tokens, args.temperature, args.n),
                                   request_id="example-1", enable_empty_final_response=True)
+        texts = {}
         while True:
             result, error = responses.get(timeout=300)
             if error is not None:
@@ -60,11 +64,16 @@ def main():
                 return 1
             response = result.get_response()
             if result.as_numpy("text_output") is not None:
-                print(result.as_numpy("text_output")[0].decode(), end="", flush=True)
+                text, index = result.as_numpy("text_output")[0].decode(), int(result.as_numpy("sequence_index")[0])
+                texts[index] = texts.get(index, "") + text
+                if args.n == 1:
+                    print(text, end="", flush=True)
                 reason = result.as_numpy("finish_reason")[0].decode()
                 if reason:
-                    print(f"\n[finish_reason={reason} prompt_tokens={result.as_numpy('prompt_tokens')[0]} "
-                          f"completion_tokens={result.as_numpy('completion_tokens')[0]}]")
+                    print(f"choice {index}: {texts[index]}" if args.n > 1 else "")
+                    print(f"[finish_reason={reason} prompt_tokens={result.as_numpy('prompt_tokens')[0]} "
+                          f"completion_tokens={result.as_numpy('completion_tokens')[0]} "
+                          f"cached_tokens={result.as_numpy('cached_tokens')[0]}]")
             if response.parameters["triton_final_response"].bool_param:
                 return 0
     finally:

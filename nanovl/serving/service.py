@@ -181,21 +181,8 @@ class GenerationService:
         reason = last.finish_reason or ""
         if released.stopped:
             reason, final = "stop", True
-        stream_done = False
-        if final:
-            with self._lock:
-                for other in (stream.choices if last.error is not None else [choice]):   # an error ends them all
-                    other.done = True
-                stream_done = stream.open_choices == 0
-                if stream_done:
-                    self._streams.pop(key, None)
-            if last.error is not None and len(stream.choices) > 1:
-                self.engine.cancel(key)
-            # A stop string frees the slot now; its 'cancelled' output finds no stream. Other choices of the
-            # request decode on (the engine cancels a whole request), their extra tokens dropped here.
-            if released.stopped and stream_done:
-                self.engine.cancel(key)
-        elif not released.tokens:
+        stream_done = final and self._end_choice(key, stream, choice, last.error is not None, released.stopped)
+        if not final and not released.tokens:
             return   # everything held back (may start a stop string): nothing to send yet
         framed, offset = choice.framer.frame(released.tokens)
         logprobs = released.extras if extras and extras[0] is not None else None
@@ -207,6 +194,20 @@ class GenerationService:
         except Exception as exc:   # fail this stream alone, never the sender for everyone else
             log.exception("sending to stream %s failed", key)
             self._fail(key, stream, f"sending the response failed: {exc}")
+
+    def _end_choice(self, key: str, stream: _Stream, choice: _Choice, error: bool, stopped: bool) -> bool:
+        """Marks a choice (all of them, on an error) ended. -> whether that ends the stream."""
+        with self._lock:
+            for other in (stream.choices if error else [choice]):
+                other.done = True
+            stream_done = stream.open_choices == 0
+            if stream_done:
+                self._streams.pop(key, None)
+        # A stop string frees the slot now, and so does the end of a request's last choice while one that met a
+        # stop string decodes on (the engine cancels whole requests); their 'cancelled' outputs find no stream.
+        if stream_done and (stopped or len(stream.choices) > 1):
+            self.engine.cancel(key)
+        return stream_done
 
     def _fail(self, key: str, stream: _Stream, error: str) -> None:
         with self._lock:

@@ -240,7 +240,10 @@ def test_the_stage_gives_ids_and_tiles_or_a_client_error(preprocessor, messages,
     ids = out.input_ids
     assert ids.dtype == np.int32 and ids.ndim == 1 and len(ids) < preprocessor.config.max_context
     image_rows = int((ids >= preprocessor.config.vocab_size).sum())
-    assert image_rows == len(out.tiles) * preprocessor.config.tokens_per_tile
+    assert image_rows == sum(out.tile_counts) * preprocessor.config.tokens_per_tile
+    # An image sent before goes as its bytes, without tiles (nanovl.core.image_cache).
+    assert len(out.tiles) == sum(n for n, source in zip(out.tile_counts, out.sources) if not source)
+    assert len(out.image_keys) == len(out.sources) == len(out.tile_counts)
 
 
 @FAST
