@@ -25,3 +25,14 @@ def test_the_wire_bounds_themselves_are_accepted():
     params = SamplingParams(max_tokens=INT32_MAX, top_k=INT32_MAX, seed=INT64_MAX, stop_token_ids=(0, INT32_MAX),
                             stop=("s",) * MAX_STOP_STRINGS)
     assert (params.max_tokens, params.top_k, params.seed) == (INT32_MAX, INT32_MAX, INT64_MAX)
+
+
+def test_n_is_bounded_and_each_choice_has_its_own_seed():
+    for bad in (0, 17):
+        with pytest.raises(ClientError) as info:
+            SamplingParams(n=bad)
+        assert info.value.param == "n"
+    params = SamplingParams(n=4, seed=7)
+    seeds = [params.choice_seed(i) for i in range(4)]
+    assert seeds[0] == 7 and len(set(seeds)) == 4 and SamplingParams(seed=8).choice_seed(0) not in seeds
+    assert SamplingParams(n=4).choice_seed(2) is None   # unseeded: every choice draws from fresh entropy
