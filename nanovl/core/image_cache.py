@@ -12,6 +12,7 @@ meanwhile (or restarted), the encoder decodes and tiles the bytes itself: a miss
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,28 +63,65 @@ def extra_ids(input_ids: np.ndarray, keys: list[int], counts: list[int], vocab_s
 
 class SeenImages:
     """Preprocessing's record of images whose tiles it has sent (key -> tile count), most recent last; bounded
-    by count. Thread-safe: the stage builds requests on several threads."""
+    by count. Thread-safe. With a directory, the stage's instances (processes) share it: one small file per
+    image, named by its key and holding its tile count, written whole by a rename so that no reader sees half
+    an entry; any instance may write an entry again, with the same count (a function of the key)."""
 
-    def __init__(self, entries: int):
+    def __init__(self, entries: int, directory: Path | None = None):
         self.entries = entries
+        self.directory = directory if entries > 0 else None
         self._counts: OrderedDict[int, int] = OrderedDict()
         self._lock = threading.Lock()
+        self._writes = 0
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: int) -> int | None:
         with self._lock:
             count = self._counts.get(key)
             if count is not None:
                 self._counts.move_to_end(key)
-            return count
+                return count
+        if self.directory is None:
+            return None
+        try:
+            count = int((self.directory / f"{key:016x}").read_text())
+        except (OSError, ValueError):
+            return None
+        self._remember(key, count)
+        return count
 
     def add(self, key: int, count: int) -> None:
         if self.entries <= 0:
             return
+        self._remember(key, count)
+        if self.directory is not None:
+            path = self.directory / f"{key:016x}"
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(str(count))
+            os.replace(temporary, path)
+            self._writes += 1
+            if self._writes % 64 == 0:
+                self._prune()
+
+    def _remember(self, key: int, count: int) -> None:
         with self._lock:
             self._counts[key] = count
             self._counts.move_to_end(key)
             while len(self._counts) > self.entries:
                 self._counts.popitem(last=False)
+
+    def _prune(self) -> None:
+        """The shared directory keeps the `entries` most recently written files."""
+        files = []
+        for entry in os.scandir(self.directory):
+            try:
+                if not entry.name.endswith(".tmp"):
+                    files.append((entry.stat().st_mtime_ns, entry.path))
+            except OSError:   # another instance pruned it first
+                pass
+        for _, path in sorted(files)[:-self.entries]:
+            Path(path).unlink(missing_ok=True)
 
 
 class EmbeddingCache:

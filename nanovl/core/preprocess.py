@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -82,7 +83,9 @@ def _remote(chat: Chat) -> list[tuple[int, str]]:
 
 
 class Preprocessor:
-    def __init__(self, config: CheckpointConfig, tokenizer, settings: PreprocessSettings = PreprocessSettings()):
+    def __init__(self, config: CheckpointConfig, tokenizer, settings: PreprocessSettings = PreprocessSettings(),
+                 record_dir: Path | None = None):
+        """record_dir: where the stage's instances share their record of images sent (None: this one's own)."""
         self.config = config
         self.tokenizer = tokenizer
         self.settings = settings
@@ -90,13 +93,14 @@ class Preprocessor:
         self.tiling = TilingSettings(tile_size=config.image_size, max_tiles=settings.tiling.max_tiles,
                                      use_thumbnail=settings.tiling.use_thumbnail,
                                      upscale_2x=settings.tiling.upscale_2x)
-        self.seen = SeenImages(settings.image_cache_entries)
+        self.seen = SeenImages(settings.image_cache_entries, record_dir)
         self.identity = model_identity(config.path)
 
     @classmethod
-    def from_checkpoint(cls, path: str, settings: PreprocessSettings = PreprocessSettings()) -> "Preprocessor":
+    def from_checkpoint(cls, path: str, settings: PreprocessSettings = PreprocessSettings(),
+                        record_dir: Path | None = None) -> "Preprocessor":
         config = load_config(path)
-        return cls(config, load_tokenizer(config), settings)
+        return cls(config, load_tokenizer(config), settings, record_dir)
 
     @cached_property
     def fetcher(self) -> Fetcher:

@@ -1,6 +1,10 @@
 """The preprocessing and vision_encoder stages' image tensors <-> nanovl.core.image_cache's terms, minus Triton."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,3 +43,34 @@ def vision_request(inputs: Callable[[str], "np.ndarray | None"]) -> VisionReques
     if len(counts) != len(keys) or len(sources) != len(keys) or (any(sources) and tiling is None):
         return VisionRequest(tiles)   # inconsistent image tensors: encode what was sent, cache nothing
     return VisionRequest(tiles, keys, counts, sources, tiling_of(tiling) if tiling is not None else None)
+
+
+RECORD_PREFIX = "nanovl-preprocessing-"
+
+
+def record_dir(server_pid: int) -> Path:
+    """Where the preprocessing instances of one tritonserver (their parent process) share their record of images
+    sent (nanovl.core.image_cache.SeenImages); the records of servers that are gone are removed first."""
+    remove_stale_records()
+    return Path(tempfile.gettempdir()) / f"{RECORD_PREFIX}{server_pid}"
+
+
+def remove_stale_records() -> int:
+    """Deletes the record directories of tritonservers no longer running. -> how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(RECORD_PREFIX + "*"):
+        pid = path.name[len(RECORD_PREFIX):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .image_io import remove_stale_records
 from .parameters import CHECKPOINT_ENV
 from .client import TritonClient
 from .supervisor import Supervisor, instance_counts, warm_up
@@ -227,6 +228,7 @@ class Stack:
             _kill_group(process)
         self.processes.clear()
         remove_orphan_shm()
+        remove_stale_records()
 
 
 SHM_PREFIX = "triton_python_backend_shm_region_"

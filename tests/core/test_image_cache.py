@@ -95,3 +95,15 @@ def test_memory_stays_within_the_bound_under_many_distinct_images():
     assert len(cache) == 10 and cache.get(999) is not None and cache.get(1) is None
     cache.put(5000, np.ones((100, 3), np.float32))   # larger than the whole cache: not kept
     assert cache.get(5000) is None and cache.bytes <= 10 * rows.nbytes
+
+
+def test_instances_share_their_record_through_a_directory_kept_within_its_bound(tmp_path):
+    from nanovl.core.image_cache import SeenImages
+
+    one, two = SeenImages(100, tmp_path), SeenImages(100, tmp_path)
+    one.add(12345, 13)
+    assert two.get(12345) == 13 and two.get(999) is None
+    for key in range(1, 400):
+        one.add(key, key % 13 + 1)
+    assert len([p for p in tmp_path.iterdir()]) <= 100 + 63   # pruned every 64 writes
+    assert two.get(399) == 399 % 13 + 1 and SeenImages(0, tmp_path).get(399) is None

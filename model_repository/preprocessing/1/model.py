@@ -3,12 +3,14 @@
 The Preprocessor fetches a request's remote images concurrently on its own event-loop thread, which lives
 as long as the model (one HTTP client and connection pool for every request, not one per execute()).
 """
+import os
+
 import triton_python_backend_utils as pb_utils
 
 from nanovl.core.errors import NanoVLError
 from nanovl.core.preprocess import PreprocessSettings, Preprocessor
 from nanovl.serving import tensors as T
-from nanovl.serving.image_io import preprocessed_outputs
+from nanovl.serving.image_io import preprocessed_outputs, record_dir
 from nanovl.serving.parameters import model_parameters, read_settings
 
 
@@ -21,8 +23,11 @@ def _scalar(request, name: str):
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
+        # The stage's instances are processes of one tritonserver, their parent: they share one record of the
+        # images they have sent, so a conversation's next turn skips decoding whichever instance takes it.
         self.preprocess = Preprocessor.from_checkpoint(params["checkpoint_dir"],
-                                                       read_settings(PreprocessSettings, params))
+                                                       read_settings(PreprocessSettings, params),
+                                                       record_dir(os.getppid()))
 
     def execute(self, requests):
         responses = []
