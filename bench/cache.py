@@ -6,7 +6,7 @@
    conversation (the image included) again. Each conversation has its own image; `--conversations` of them run
    at once. Printed: median time to first token of turns 2 and 3 against turn 1 (the prefix cache serves the
    image's 3,330 prompt positions and the earlier turns; the embedding cache the encoder's forward; preprocessing
-   skips decoding and tiling).
+   skips decoding and tiling). The conversations move in lockstep: each turn runs at the same concurrency.
 2. 16 clients at once, each a ~2,000-token system prompt and its own question: the same system prompt for all
    (warmed by one request first, as a deployment is in steady state) against 16 distinct system prompts.
 Time to first token is the time to the first SSE event, which the frontend sends with the first token.
@@ -61,22 +61,23 @@ async def ttft(client: httpx.AsyncClient, url: str, messages: list[dict], tokens
     return first, text, usage
 
 
-async def conversation(client, url: str, seed: int, tokens: int) -> list[tuple[float, dict]]:
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url(seed)}},
-                                             {"type": "text", "text": QUESTIONS[0]}]}]
-    turns = []
-    for turn, question in enumerate(QUESTIONS):
-        if turn:
-            messages.append({"role": "user", "content": question})
-        seconds, answer, usage = await ttft(client, url, messages, tokens)
-        messages.append({"role": "assistant", "content": answer})
-        turns.append((seconds, usage))
-    return turns
-
-
 async def conversations(url: str, count: int, tokens: int, seed: int) -> list[list[tuple[float, dict]]]:
+    """`count` conversations in lockstep: every conversation's turn t at once, then turn t + 1, so each turn is
+    measured at the same concurrency (else an early turn 2 queues behind the others' turn 1). -> per
+    conversation, (TTFT, usage) of each turn."""
+    histories = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url(seed + i)}},
+                                               {"type": "text", "text": QUESTIONS[0]}]}] for i in range(count)]
+    turns: list[list[tuple[float, dict]]] = [[] for _ in range(count)]
     async with httpx.AsyncClient(timeout=600) as client:
-        return await asyncio.gather(*(conversation(client, url, seed + i, tokens) for i in range(count)))
+        for turn, question in enumerate(QUESTIONS):
+            if turn:
+                for messages in histories:
+                    messages.append({"role": "user", "content": question})
+            results = await asyncio.gather(*(ttft(client, url, messages, tokens) for messages in histories))
+            for messages, record, (seconds, answer, usage) in zip(histories, turns, results):
+                messages.append({"role": "assistant", "content": answer})
+                record.append((seconds, usage))
+    return turns
 
 
 def system_prompt(tag: str) -> str:
