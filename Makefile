@@ -21,7 +21,7 @@ CSTAMP := $(CVENV)/.installed
 # Every unit test file runs there but those of code the image's python3 does not run, those that need torch at
 # import and those of checkers the image lacks (vermin, lint-imports): a new file is in the container run unless
 # it is named here.
-MAIN_ONLY_TESTS := bench_gpu bench_vision build_engine container_python deploy dockerfile import_contracts processors protocol \
+MAIN_ONLY_TESTS := bench_gpu bench_vision build_engine caching container_python deploy dockerfile import_contracts processors protocol \
 	prompt_counts reference sampler vision vision_export vision_tensorrt
 LAYERS := core engine serving frontend tooling
 CONTAINER_TESTS := $(filter-out $(foreach t,$(MAIN_ONLY_TESTS),$(LAYERS:%=tests/%/test_$(t).py)),\

@@ -23,7 +23,7 @@ def test_a_chat_answer_has_n_indexed_choices_and_summed_usage():
     assert [(c.index, c.message.content, c.finish_reason) for c in answer.choices] == [(0, "ABC", "stop"),
                                                                                         (1, "xy", "length")]
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (7, 5, 12)
-    assert answer.usage.prompt_tokens_details.cached_tokens == 3
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}   # (openai < 1.40 has no type for it)
 
 
 def test_a_chat_stream_carries_each_choices_index_and_finish():
