@@ -29,6 +29,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()          # stop strings, never in the output text
     logprobs: int | None = None         # None: none; k >= 0: the chosen token's and the top k
+    n: int = 1                          # choices; TensorRT-LLM: num_return_sequences
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias); TensorRT-LLM: embedding_bias
+    guide_kind: str | None = None       # "json" | "json_schema" | "regex" | "ebnf" | "structural_tag"
+    guide: str | None = None            # the schema / regex / EBNF / structural-tag text
 
     def __post_init__(self):
         if self.top_k == -1:   # vLLM clients send -1 for "off"; the engines know only 0
@@ -95,6 +99,10 @@ class GenerationRequest:
     prompt_ids: np.ndarray
     sampling: SamplingParams
     prompt_table: object | None = None
+    # int64 [prompt_len]: 0 at text positions, an id from the image's content hash at its positions, so that
+    # KV-cache reuse reuses an image's KV only for the same image (TensorRT-LLM's input_token_extra_ids).
+    prompt_extra_ids: np.ndarray | None = None
+    cache_salt: str | None = None       # vLLM's cache_salt: KV-cache reuse only among requests with the same salt
 
 
 @dataclass
@@ -114,6 +122,8 @@ class EngineOutput:
     completion_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None   # one per token id, when asked for
+    sequence_index: int = 0              # which of the request's n choices
+    cached_tokens: int = 0               # prompt tokens reused from the KV cache
 
     @property
     def finished(self) -> bool:

@@ -74,7 +74,12 @@ class GenerationService:
             self._streams[key] = _Stream(stream, StreamFramer(self._token_bytes),
                                          StopMatcher.create(self._token_bytes, sampling.stop), sampling.min_tokens,
                                          label)
-        self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table))
+        try:
+            self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table))
+        except Exception:   # refused at once (a ClientError the caller answers): no stream to keep
+            with self._lock:
+                self._streams.pop(key, None)
+            raise
         return key
 
     def cancel_request(self, label: str) -> int:
