@@ -180,7 +180,7 @@ def guided_decoding_vocab(checkpoint: Path) -> tuple[list[str], str] | None:
     path = Path(checkpoint) / "tokenizer.json"
     if not path.is_file():
         return None
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")   # a Triton stub's locale may be ASCII; the vocabulary is not
     spec = json.loads(text)
     by_id = {int(i): token for token, i in spec.get("model", {}).get("vocab", {}).items()}
     by_id.update({int(t["id"]): t["content"] for t in spec.get("added_tokens", [])})
