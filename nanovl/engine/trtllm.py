@@ -32,7 +32,7 @@ import numpy as np
 from ..core.checkpoint import CheckpointConfig
 from ..core.errors import ServerError
 from .protocol import OnOutput
-from .request import EngineOutput, EngineStats, GenerationRequest
+from .request import EngineStats, GenerationRequest
 from .trtllm_mapping import (GUIDE_TYPES, LiveRequest, TrtLlmOptions, cache_salt_id, cached_tokens, closing_outputs,
                              embedding_bias, engine_config, engine_output, engine_world_size, executor_worker,
                              extra_ids, guided_decoding_vocab, prompt_table, refusal, request_kwargs,
@@ -122,9 +122,8 @@ class TrtLlmEngine:
         steps = self.options.max_num_tokens
         if not self.options.enable_chunked_context and steps and len(request.prompt_ids) > steps:
             # Without chunked context a prompt must fit one step; the Executor would refuse it less clearly.
-            self.on_output(EngineOutput(request.request_id, [], "error", len(request.prompt_ids), 0,
-                                        f"the prompt is {len(request.prompt_ids)} tokens; without chunked context "
-                                        f"this engine takes at most {steps} (max_num_tokens)"))
+            self._fail_alone(request, f"the prompt is {len(request.prompt_ids)} tokens; without chunked context "
+                                      f"this engine takes at most {steps} (max_num_tokens)")
             return
         try:
             executor_request = self._request(request)
@@ -134,8 +133,13 @@ class TrtLlmEngine:
                 self._by_key[request.request_id] = key
         except Exception as exc:   # a request the Executor refuses fails alone
             log.exception("enqueue of %s failed", request.request_id)
-            self.on_output(EngineOutput(request.request_id, [], "error", len(request.prompt_ids), 0,
-                                        f"tensorrt_llm refused the request: {exc}"))
+            self._fail_alone(request, f"tensorrt_llm refused the request: {exc}")
+
+    def _fail_alone(self, request: GenerationRequest, error: str) -> None:
+        """A final "error" output for each of the request's n choices, before it reached the Executor."""
+        for out in closing_outputs(LiveRequest(request.request_id, len(request.prompt_ids), request.sampling),
+                                   "error", error):
+            self.on_output(out)
 
     def _request(self, request: GenerationRequest):
         tle, params = self._tle, request.sampling

@@ -350,3 +350,14 @@ def test_kv_reuse_reuses_an_image_only_for_the_same_image_and_salt(fake, config,
     assert first.prompt_tuning_config.input_token_extra_ids == image(11).tolist()
     assert first.output_config.return_perf_metrics and fake.Executor.instances[0].config.kv_cache_config.enable_block_reuse
     assert fake.Executor.instances[0].enqueued[3].cache_salt_id not in (None, first.cache_salt_id)
+
+
+def test_a_refused_request_with_n_choices_ends_each_of_them(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("empty", np.array([], np.int32), _params(n=2)))
+        got = _by_sequence(outputs, "empty", 2)
+    finally:
+        engine.shutdown()
+    assert sorted(got) == [0, 1]
+    assert all(outs[-1].finish_reason == "error" and "refused the request" in outs[-1].error for outs in got.values())
