@@ -9,13 +9,14 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 OUT ?= engines
 DTYPE ?= bfloat16
+KV_CACHE_DTYPE ?= auto
 MAX_BATCH ?= 8
 TP ?= 1
 VISION ?= tensorrt
-# The GPU image's python3 serves the stages and the frontend with TensorRT-LLM engines: Python 3.10 with
-# TensorRT-LLM 0.14's pins. make test also runs the tests of what it serves under those versions
-# (tests/container-requirements.txt; pyenv's 3.10 where the machine has one).
-CONTAINER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3.10 /usr/bin/python3.10 /usr/local/bin/python3.10) $(PYTHON))
+# The GPU image's python3 serves the stages and the frontend with TensorRT-LLM engines: Python 3.12 with
+# TensorRT-LLM 1.2.1's pins. make test also runs the tests of what it serves under those versions
+# (tests/container-requirements.txt; pyenv's 3.12 where the machine has one).
+CONTAINER_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12) $(PYTHON))
 CVENV ?= .venv-container
 CSTAMP := $(CVENV)/.installed
 # Every unit test file runs there but those of code the image's python3 does not run, those that need torch at
@@ -55,7 +56,7 @@ serve: $(STAMP) $(if $(filter $(TINY),$(CHECKPOINT)),$(TINY)/config.json) ## Ser
 	$(BIN)/python -m nanovl.serving.launch --checkpoint $(CHECKPOINT) --port $(PORT)
 
 $(CSTAMP): tests/container-requirements.txt deploy/serve-requirements.txt
-	@$(CONTAINER_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 10) or print(f"WARNING: no Python 3.10 found (set CONTAINER_PYTHON): the container run uses Python {sys.version.split()[0]}, not the image'"'"'s 3.10")'
+	@$(CONTAINER_PYTHON) -c 'import sys; sys.version_info[:2] == (3, 12) or print(f"WARNING: no Python 3.12 found (set CONTAINER_PYTHON): the container run uses Python {sys.version.split()[0]}, not the image'"'"'s 3.12")'
 	$(CONTAINER_PYTHON) -m venv $(CVENV)
 	$(CVENV)/bin/pip install -q --upgrade pip
 	$(CVENV)/bin/pip install -q -r tests/container-requirements.txt
@@ -65,7 +66,7 @@ test: $(STAMP) $(CSTAMP) $(TINY)/config.json ## Run the whole test suite (unit +
 	NANOVL_CONTAINER_PYTHON=$(abspath $(CVENV))/bin/python $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(if $(PYTEST_ARGS),,$(MAKE) --no-print-directory test-container)
 
-test-container: $(CSTAMP) $(TINY)/config.json ## The tests of what the GPU image's python3 serves, under its versions (Python 3.10, transformers 4.45.1, ...)
+test-container: $(CSTAMP) $(TINY)/config.json ## The tests of what the GPU image's python3 serves, under its versions (Python 3.12, transformers 4.57.1, ...)
 	@$(CVENV)/bin/python -c 'import sys, transformers, PIL, openai, numpy; print(f"test-container: Python {sys.version.split()[0]}, transformers {transformers.__version__}, Pillow {PIL.__version__}, openai {openai.__version__}, numpy {numpy.__version__}")'
 	$(CVENV)/bin/python -m compileall -q nanovl frontend model_repository build bench examples
 	NANOVL_TEST_CHECKPOINT=$(abspath $(TINY)) $(CVENV)/bin/python -m pytest -q -m "not needs_torch" $(CONTAINER_TESTS)
@@ -73,8 +74,8 @@ test-container: $(CSTAMP) $(TINY)/config.json ## The tests of what the GPU image
 configs: $(STAMP) ## Regenerate model_repository/*/config.pbtxt from nanovl/serving/tensors.py
 	$(BIN)/python -m nanovl.serving.triton_config model_repository
 
-engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8, CALIB_DATASET, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
-	$(ENGINE_PY) -m build.engine --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
+engine: ## TensorRT-LLM engine, vision TensorRT engine and a filled model repository from CHECKPOINT into OUT (DTYPE=bfloat16|fp8|nvfp4, KV_CACHE_DTYPE=auto|fp8|bfloat16, CALIB_DATASET, MAX_BATCH, TP, VISION=tensorrt|pytorch; DRY_RUN=1: plan only, no GPU)
+	$(ENGINE_PY) -m build.engine --checkpoint $(CHECKPOINT) --out $(OUT) --dtype $(DTYPE) --kv-cache-dtype $(KV_CACHE_DTYPE) --max-batch $(MAX_BATCH) --tp $(TP) --vision $(VISION) $(if $(CALIB_DATASET),--calib-dataset $(CALIB_DATASET)) $(if $(DRY_RUN),--dry-run)
 
 docker: ## Build the GPU image on NVIDIA's Triton + TensorRT-LLM container (needs a Docker engine)
 	docker build -t nanovl-triton:latest .

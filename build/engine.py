@@ -1,14 +1,17 @@
 """`make engine`: a checkpoint of the real format -> TensorRT-LLM engine + a filled-in model repository.
 
-    python -m build.engine --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8] [--max-batch 8]
-                           [--tp 1] [--max-num-tokens 8192] [--vision tensorrt|pytorch] [--trtllm-examples DIR]
+    python -m build.engine --checkpoint DIR --out DIR [--dry-run] [--dtype bfloat16|fp8|nvfp4]
+                           [--kv-cache-dtype auto|fp8|bfloat16] [--max-batch 8] [--tp 1] [--max-num-tokens 8192]
+                           [--vision tensorrt|pytorch] [--trtllm-examples DIR]
 
 Steps (each printed as the command it runs; --dry-run runs only the first, which needs no GPU):
   1. validate the checkpoint and write OUT/llama_hf: `language_model.*` as a plain Llama checkpoint
      (config.json from llm_config, weights shard by shard with the prefix stripped, tokenizer files)
-  2. convert it with TensorRT-LLM's Llama tooling (convert_checkpoint.py; quantize.py for fp8)
+  2. convert it with TensorRT-LLM's Llama tooling (convert_checkpoint.py; quantize.py, ModelOpt, for fp8, nvfp4
+     or an FP8 KV cache)
   3. trtllm-build with what multimodal serving needs: a prompt-embedding table for max_batch x images x 13
-     tiles x 256 rows, paged KV cache, paged context FMHA (chunked context), 16K context
+     tiles x 256 rows, paged KV cache of 64-token blocks, paged context FMHA (chunked context and KV-cache
+     reuse), float32 logits (what a logit bias is added to), 16K context
   4. (--vision tensorrt, the default) export the vision encoder (RADIO + pixel shuffle + mlp1; float pixels in)
      to ONNX with a dynamic tile batch and check it against PyTorch with onnxruntime, then
   5. build it as a TensorRT engine (bf16, 1..max tiles, tuned for one 13-tile image)
@@ -19,10 +22,11 @@ older than the 5.x whose RadioModel the PyTorch encoder uses; the export runs in
 (--export-python, $NANOVL_EXPORT_PYTHON; the Dockerfile makes one). --vision pytorch keeps the PyTorch encoder
 (bf16, CUDA) where transformers >= 5.13 is installed. Whether TensorRT beats PyTorch here is not measured yet
 (`make bench-gpu` measures PyTorch against the device's peak).
-Flags checked against TensorRT-LLM's sources of the 0.14 release (tensorrt_llm/commands/build.py, plugin/plugin.py,
-builder.py, examples/llama/convert_checkpoint.py, examples/quantization/quantize.py, read at main-branch commits
-from either side of the 0.14 branch cut and a 0.14.0.dev fork); the container ships 0.14, whose example scripts
-live in examples/llama/, later ones in examples/models/core/, which _example() resolves. Not yet run on a GPU.
+Flags read in TensorRT-LLM 1.2's sources (tensorrt_llm/commands/build.py, plugin/plugin.py's pydantic PluginConfig,
+examples/models/core/llama/convert_checkpoint.py -- the one that warns of the engine flow's deprecation --,
+examples/quantization/quantize.py) and checked by the tests' stand-ins for the three tools
+(tests/fake_trtllm_tools.py), which take only those flags and their choices. 1.2.1 is the last release whose
+`trtllm-build` and C++ Executor serve this design (docs/gpu.md). Not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -45,11 +49,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja")
-DTYPES = ("bfloat16", "fp8")
+DTYPES = ("bfloat16", "fp8", "nvfp4")
+# auto: the KV cache in bf16 for bfloat16 weights, in FP8 for fp8 and nvfp4 ones (as NVIDIA's quantization
+# examples pair them); fp8 or bfloat16 choose it whatever the weights.
+KV_CACHE_DTYPES = ("auto", "fp8", "bfloat16")
+# The oldest GPU whose tensor cores run a format (major, minor compute capability): FP8 from Ada and Hopper
+# (8.9, 9.0), NVFP4 from Blackwell (10.0; RTX 50 is 12.0).
+MIN_CAPABILITY = {"fp8": (8, 9), "nvfp4": (10, 0)}
 DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/opt/tensorrt_llm/examples")
-# Chunked context cuts a prompt into whole KV blocks (trtllm-build's --tokens_per_block, 64 unless set): a step
-# budget that is a multiple of it wastes none (trtllm-build itself does not ask for one); 8192 tokens per step
-# keeps a 16K prompt to two chunks.
+# Chunked context cuts a prompt into whole KV blocks (trtllm-build's --tokens_per_block, 32 unless set; we set
+# 64): a step budget that is a multiple of it wastes none (trtllm-build itself does not ask for one); 8192 tokens
+# per step keeps a 16K prompt to two chunks. KV-cache reuse also goes by whole blocks.
 KV_BLOCK_TOKENS = 64
 DEFAULT_MAX_NUM_TOKENS = 8192
 DEFAULT_MAX_BATCH = 8
@@ -167,32 +177,45 @@ def vision_plan(config: CheckpointConfig, args: argparse.Namespace, py: str) -> 
         ["--param", "vision_engine=tensorrt", "--param", f"vision_engine_path={plan_file}"]
 
 
+def kv_cache_dtype(args: argparse.Namespace) -> str:
+    """The KV cache's dtype the build makes: "fp8" or "bfloat16"."""
+    if args.kv_cache_dtype == "auto":
+        return "bfloat16" if args.dtype == "bfloat16" else "fp8"
+    return args.kv_cache_dtype
+
+
+def convert_step(args: argparse.Namespace, py: str, hf_dir: Path, ckpt_dir: Path) -> Command:
+    """The Llama checkpoint -> TensorRT-LLM's: quantize.py (ModelOpt calibration) when weights or KV cache are
+    quantized, convert_checkpoint.py otherwise."""
+    examples, tp, kv = Path(args.trtllm_examples), str(args.tp), kv_cache_dtype(args)
+    if args.dtype == "bfloat16" and kv == "bfloat16":
+        return Command("convert the Llama checkpoint to TensorRT-LLM's format", [
+            py, _example(examples, "llama/convert_checkpoint.py"), "--model_dir", str(hf_dir),
+            "--output_dir", str(ckpt_dir), "--dtype", "bfloat16", "--tp_size", tp, "--workers", tp])
+    qformat = {"bfloat16": "full_prec"}.get(args.dtype, args.dtype)
+    return Command(f"quantize the Llama checkpoint (ModelOpt calibration): weights {args.dtype}, KV cache {kv}", [
+        py, _example(examples, "quantization/quantize.py"), "--model_dir", str(hf_dir), "--dtype", "bfloat16",
+        "--qformat", qformat, *(["--kv_cache_dtype", "fp8"] if kv == "fp8" else []),
+        "--calib_size", str(args.calib_size), *(["--calib_dataset", args.calib_dataset] if args.calib_dataset else []),
+        "--tp_size", tp, "--output_dir", str(ckpt_dir)])
+
+
 def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
     out, py = args.out.resolve(), sys.executable if args.python is None else args.python
     hf_dir, ckpt_dir, engine_dir = out / "llama_hf", out / "trtllm_checkpoint", out / "engines" / "llm"
-    examples = Path(args.trtllm_examples)
-    tp = str(args.tp)
-    if args.dtype == "fp8":
-        convert = Command("quantize the Llama checkpoint to FP8 (ModelOpt calibration; weights and KV cache)", [
-            py, _example(examples, "quantization/quantize.py"), "--model_dir", str(hf_dir), "--dtype", "bfloat16",
-            "--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", str(args.calib_size),
-            *(["--calib_dataset", args.calib_dataset] if args.calib_dataset else []),
-            "--tp_size", tp, "--output_dir", str(ckpt_dir)])
-    else:
-        convert = Command("convert the Llama checkpoint to TensorRT-LLM's format", [
-            py, _example(examples, "llama/convert_checkpoint.py"), "--model_dir", str(hf_dir),
-            "--output_dir", str(ckpt_dir), "--dtype", "bfloat16", "--tp_size", tp, "--workers", tp])
     # A prompt leaves room for at least one generated token (nanovl.engine.request.sampling_params).
     build = ["trtllm-build", "--checkpoint_dir", str(ckpt_dir), "--output_dir", str(engine_dir),
              "--max_batch_size", str(args.max_batch), "--max_input_len", str(config.max_context - 1),
              "--max_seq_len", str(config.max_context),
              "--max_num_tokens", str(args.max_num_tokens),
              "--max_prompt_embedding_table_size", str(prompt_table_rows(config, args.max_batch)),
-             "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable", "--remove_input_padding", "enable",
+             "--kv_cache_type", "paged", "--tokens_per_block", str(KV_BLOCK_TOKENS),
+             "--use_paged_context_fmha", "enable", "--remove_input_padding", "enable",
              "--context_fmha", "enable", "--gpt_attention_plugin", "auto", "--gemm_plugin", "auto",
-             "--workers", tp]
-    if args.dtype == "fp8":
-        build += ["--use_fp8_context_fmha", "enable"]
+             # The Executor adds a request's embedding bias (logit_bias) to logits of this dtype.
+             "--logits_dtype", "float32", "--workers", str(args.tp)]
+    # FP8 context attention reads an FP8 KV cache; with a bf16 one it must be off (1.2 turns it on by default).
+    build += ["--use_fp8_context_fmha", "enable" if kv_cache_dtype(args) == "fp8" else "disable"]
     vision, vision_params = vision_plan(config, args, py)
     repository = Command("write the model repository for the engines", [
         py, "-m", "nanovl.serving.triton_config", str(out / "model_repository"), "--checkpoint", str(config.path.resolve()),
@@ -202,7 +225,36 @@ def plan(config: CheckpointConfig, args: argparse.Namespace) -> list[Command]:
         "--param", f"kv_cache_free_gpu_memory_fraction={args.kv_cache_fraction}",
         "--param", "enable_chunked_context=true", *vision_params,
         "--instances", f"preprocessing={args.preprocessing_instances}"])
-    return [convert, Command("build the LLM engine", build), *vision, repository]
+    return [convert_step(args, py, hf_dir, ckpt_dir), Command("build the LLM engine", build), *vision, repository]
+
+
+def gpu_capability() -> tuple[str, tuple[int, int]] | None:
+    """(name, compute capability) of the first GPU nvidia-smi sees, or None where there is none."""
+    try:
+        line = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()[0]
+        name, cap = (part.strip() for part in line.rsplit(",", 1))
+        major, minor = cap.split(".")
+        return name, (int(major), int(minor))
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+
+
+def capability_refusal(args: argparse.Namespace, gpu: tuple[str, tuple[int, int]] | None) -> str | None:
+    """Why this GPU cannot run the formats asked for, or None (also when no GPU is seen: the tools then fail
+    with their own errors, and the stand-ins of the tests need none)."""
+    formats = {args.dtype, kv_cache_dtype(args)} & set(MIN_CAPABILITY)
+    if gpu is None:
+        return None
+    name, have = gpu
+    for fmt in sorted(formats, key=lambda f: MIN_CAPABILITY[f], reverse=True):
+        need = MIN_CAPABILITY[fmt]
+        if have < need:
+            what = "DTYPE=nvfp4 needs a Blackwell GPU" if fmt == "nvfp4" else f"{fmt.upper()} needs an Ada or Hopper GPU"
+            return (f"{what} (compute capability {need[0]}.{need[1]} or newer); {name} is {have[0]}.{have[1]}: "
+                    f"use {'DTYPE=fp8 or ' if fmt == 'nvfp4' else ''}DTYPE=bfloat16"
+                    f"{' with KV_CACHE_DTYPE=bfloat16' if fmt == 'fp8' else ''}")
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -210,16 +262,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory of the real format")
     parser.add_argument("--out", type=Path, required=True, help="where llama_hf/, engines/, model_repository/ go")
     parser.add_argument("--dry-run", action="store_true", help="validate, write llama_hf/, print the rest")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="the LLM's weights (nvfp4: Blackwell)")
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                        help="the KV cache (auto: bf16 for bfloat16 weights, fp8 for quantized ones)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="sequences in flight per GPU")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
     parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS, help="tokens per step")
     # Of the GPU memory free when the Executor starts. Triton loads the stages in no set order: if the vision
     # engine comes second it has the other 20 % (ViT-H activations for 52 tiles, its largest call).
     parser.add_argument("--kv-cache-fraction", type=float, default=0.8, help="free GPU memory for the KV cache")
-    parser.add_argument("--calib-size", type=int, default=512, help="fp8 calibration samples")
+    parser.add_argument("--calib-size", type=int, default=512, help="fp8/nvfp4 calibration samples")
     parser.add_argument("--calib-dataset", default=None,
-                        help="fp8: a local calibration dataset, a directory that datasets.load_dataset reads with "
+                        help="fp8/nvfp4: a local calibration dataset, a directory that datasets.load_dataset reads with "
                              "a train split and a 'text' column (default: quantize.py's, fetched from the Hub)")
     parser.add_argument("--vision", choices=VISION_ENGINES, default="tensorrt", help="the vision encoder's engine")
     # Fetching, decoding and tiling run on the CPU, ~20 1080p images/s an instance (docs/perf.md); a GPU encodes
@@ -237,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_num_tokens % KV_BLOCK_TOKENS:
         parser.error(f"--max-num-tokens must be a multiple of {KV_BLOCK_TOKENS}, the KV block size chunked context cuts by")
     if args.calib_dataset and "cnn_dailymail" in args.calib_dataset:
-        # quantize.py (0.14) checks for that name before it looks for a directory, and fetches the Hub's.
+        # quantize.py checks for that name before it looks for a directory, and fetches the Hub's.
         parser.error("--calib-dataset: quantize.py takes any path holding 'cnn_dailymail' for the Hub's "
                      "dataset; rename the directory")
     return args
@@ -271,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         # quantize.py reads a local dataset only from a directory; anything else fails after the conversion.
         print(f"make engine: --calib-dataset {args.calib_dataset} is not a directory (datasets.load_dataset "
               "reads it: a train split with a 'text' column)", file=sys.stderr)
+        return 2
+    refused = None if args.dry_run else capability_refusal(args, gpu_capability())
+    if refused:
+        print(f"make engine: {refused}", file=sys.stderr)
         return 2
     try:
         config = validate(args.checkpoint)

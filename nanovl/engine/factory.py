@@ -32,10 +32,12 @@ class EngineSettings:
     # positions, by the image's content hash; off only to compare (a hit never changes an answer, tested).
     enable_kv_cache_reuse: bool = True
     # tensorrt_llm only: the trtllm-build output `make engine` wrote, the share of free GPU memory the
-    # Executor's paged KV cache takes, chunked prefill.
+    # Executor's paged KV cache takes, chunked prefill, KV-cache block reuse across requests (images told apart
+    # by their extra ids, tenants by their cache salt) and xgrammar guided decoding for structured output.
     engine_dir: str = ""
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_chunked_context: bool = True
+    enable_guided_decoding: bool = True
     executor_worker_path: str = ""   # tensor parallelism: "" finds TensorRT-LLM's executorWorker
 
 
@@ -67,6 +69,7 @@ def build_engine(settings: EngineSettings, config: CheckpointConfig, on_output: 
                                 kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
                                 enable_chunked_context=settings.enable_chunked_context,
                                 enable_kv_cache_reuse=settings.enable_kv_cache_reuse,
+                                enable_guided_decoding=settings.enable_guided_decoding,
                                 executor_worker_path=settings.executor_worker_path)
         return TrtLlmEngine(options, config, on_output).start()
     raise ServerError(f"engine {settings.engine!r} is not available (choose from {', '.join(ENGINES)})")

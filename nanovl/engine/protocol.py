@@ -23,8 +23,10 @@ class Engine(Protocol):
     - exactly one output per request (per choice) is final: its `finish_reason` is set ("stop", "length", "cancelled" or
       "error", with `error` saying why), and nothing follows it. A stop token ends the request with "stop"; it
       is counted in `completion_tokens` but not shown in `token_ids`;
-    - a failure that belongs to one request (a prompt too large for the cache, settings the engine cannot
-      honour, a refused enqueue) ends that request with "error" and leaves the others running.
+    - a failure that belongs to one request (a prompt too large for the cache, a refused enqueue) ends that
+      request with "error" and leaves the others running;
+    - with n > 1 choices each of the request's outputs carries its `sequence_index`, and the rule above holds
+      per choice: each choice gets exactly one final output.
     """
 
     stats: EngineStats
@@ -36,7 +38,8 @@ class Engine(Protocol):
 
     def submit(self, request: GenerationRequest) -> None:
         """Queues a request and returns at once; its outputs come through `on_output`. Request ids are the
-        caller's and must be unique among the requests still open."""
+        caller's and must be unique among the requests still open. Settings this engine cannot honour raise
+        ClientError here (naming the field; the stage answers 400) and no output follows."""
 
     def cancel(self, request_id: str) -> None:
         """Ends an open request soon (within an engine step) with a final "cancelled" output and frees its

@@ -32,7 +32,10 @@ class SamplingParams:
     logprobs: int | None = None         # None: none; k >= 0: the chosen token's and the top k
     # Choices per request: one prefill of the prompt, then n sequences sharing its KV blocks; choice i draws
     # with its own generator (choice_seed), so a seed reproduces all n.
-    n: int = 1
+    n: int = 1                          # choices; TensorRT-LLM: num_return_sequences
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias); TensorRT-LLM: embedding_bias
+    guide_kind: str | None = None       # "json" | "json_schema" | "regex" | "ebnf" | "structural_tag"
+    guide: str | None = None            # the schema / regex / EBNF / structural-tag text
 
     def __post_init__(self):
         if self.top_k == -1:   # vLLM clients send -1 for "off"; the engines know only 0
@@ -113,8 +116,10 @@ class GenerationRequest:
     prompt_ids: np.ndarray
     sampling: SamplingParams
     prompt_table: object | None = None
+    # int64 [prompt_len]: 0 at text positions, an id from the image's content hash at its positions, so that
+    # KV-cache reuse reuses an image's KV only for the same image (TensorRT-LLM's input_token_extra_ids).
     prompt_extra_ids: np.ndarray | None = None
-    cache_salt: str | None = None
+    cache_salt: str | None = None       # vLLM's cache_salt: KV-cache reuse only among requests with the same salt
 
 
 @dataclass

@@ -1,12 +1,13 @@
 """The TensorRT-LLM engine: the Executor of a `make engine` build behind the reference engine's interface.
 
 An Engine (protocol.py), as ReferenceEngine. The Executor does the in-flight batching, the paged KV
-cache and chunked context; one thread waits for its responses and turns them into EngineOutputs.
+cache with block reuse, chunked context and guided decoding (xgrammar); one thread waits for its responses and
+turns them into EngineOutputs.
 
-API followed: `tensorrt_llm.bindings.executor` as bound in TensorRT-LLM's cpp/tensorrt_llm/pybind/executor
-(Request, SamplingConfig, OutputConfig, PromptTuningConfig, KvCacheConfig, ExecutorConfig, ParallelConfig),
-read on its main branch and checked against the v0.14.0 tag (the container's version) and its Triton backend's
-model.py; no GPU has run this yet.
+API followed: `tensorrt_llm.bindings.executor` of TensorRT-LLM 1.2.1, the version in Triton's
+26.04-trtllm-python-py3 container, as bound in cpp/tensorrt_llm/nanobind/executor (Request, SamplingConfig,
+OutputConfig, PromptTuningConfig, GuidedDecodingParams, GuidedDecodingConfig, KvCacheConfig, ExecutorConfig,
+ParallelConfig, OrchestratorConfig; Result's sequence_index and request_perf_metrics); no GPU has run this yet.
 tensorrt_llm is imported only when this engine is built, so the module imports on CPU; everything that does
 not need the Executor is a plain function in trtllm_mapping.py, unit-tested without TensorRT-LLM.
 
@@ -14,7 +15,8 @@ Semantics that differ from the reference engine (documented, not hidden):
 - TensorRT-LLM's penalties count prompt and output tokens; OpenAI's frequency/presence penalties (and the
   reference engine) count output tokens only.
 - min_tokens holds back the end id; the other stop ids are stop words, which min_tokens does not hold back.
-- Only the chosen token's logprob comes back from the Executor: top_logprobs > 0 is refused per request.
+- Only the chosen token's logprob comes back from the Executor: top_logprobs > 0 is refused per request (400).
+- cached_tokens counts whole reused KV blocks (the Executor reports blocks, not tokens).
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ import numpy as np
 from ..core.checkpoint import CheckpointConfig
 from ..core.errors import ServerError
 from .protocol import OnOutput
-from .request import EngineOutput, EngineStats, GenerationRequest
-from .trtllm_mapping import (LiveRequest, TrtLlmOptions, engine_config, engine_output, engine_world_size,
-                             executor_worker, prompt_table, request_kwargs, sampling_kwargs, stats_from_iteration,
-                             table_extra_ids, unsupported, within_build)
+from .request import EngineStats, GenerationRequest
+from .trtllm_mapping import (GUIDE_TYPES, LiveRequest, TrtLlmOptions, cache_salt_id, cached_tokens, closing_outputs,
+                             embedding_bias, engine_config, engine_output, engine_world_size, executor_worker,
+                             extra_ids, guided_decoding_vocab, prompt_table, refusal, request_kwargs,
+                             sampling_kwargs, stats_from_iteration, tokens_per_block, within_build)
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,14 @@ def _import_executor():
 class TrtLlmEngine:
     """An Engine (protocol.py) over the Executor; one thread turns its responses into EngineOutputs."""
 
+    supports_choices = True   # n: the Executor's num_return_sequences, one final output per choice
     stats: EngineStats
 
     def __init__(self, options: TrtLlmOptions, config: CheckpointConfig, on_output: OnOutput):
         self._tle = _import_executor()
         self._built = engine_config(options.engine_dir)
+        self._vocab_size = int(self._built.get("pretrained_config", {}).get("vocab_size") or config.vocab_size)
+        self._block_tokens = tokens_per_block(self._built)
         options = within_build(options, self._built)
         self.options = options
         self.config = config
@@ -68,8 +74,9 @@ class TrtLlmEngine:
         self._by_key: dict[str, int] = {}           # our request id -> executor request id
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.executor = self._tle.Executor(Path(options.engine_dir), self._tle.ModelType.DECODER_ONLY,
-                                           self._executor_config())
+        executor_config = self._executor_config()
+        self.executor_guided = executor_config.guided_decoding_config is not None
+        self.executor = self._tle.Executor(Path(options.engine_dir), self._tle.ModelType.DECODER_ONLY, executor_config)
         self._thread = threading.Thread(target=self._loop, name="trtllm-responses", daemon=True)
 
     def _executor_config(self):
@@ -77,7 +84,8 @@ class TrtLlmEngine:
         kv = tle.KvCacheConfig(enable_block_reuse=opts.enable_kv_cache_reuse,
                                free_gpu_memory_fraction=opts.kv_cache_free_gpu_memory_fraction)
         kwargs = {"max_beam_width": 1, "kv_cache_config": kv, "enable_chunked_context": opts.enable_chunked_context,
-                  "max_batch_size": opts.max_batch_size, "max_num_tokens": opts.max_num_tokens}
+                  "max_batch_size": opts.max_batch_size, "max_num_tokens": opts.max_num_tokens,
+                  "guided_decoding_config": self._guided_config()}
         world = engine_world_size(self._built)
         if world > 1:
             # Orchestrator mode: this process spawns one MPI worker per GPU, so tritonserver needs no mpirun.
@@ -89,20 +97,34 @@ class TrtLlmEngine:
                 orchestrator_config=tle.OrchestratorConfig(True, str(worker)))
         return tle.ExecutorConfig(**{k: v for k, v in kwargs.items() if v is not None})
 
+    def _guided_config(self):
+        """xgrammar over the checkpoint's tokenizer, as TensorRT-LLM's Triton backend configures it from its
+        tokenizer-info file; None (guided requests refused) when it is off or there is no tokenizer.json."""
+        vocab = guided_decoding_vocab(self.config.path) if self.options.enable_guided_decoding else None
+        if vocab is None:
+            if self.options.enable_guided_decoding:
+                log.warning("no tokenizer.json in %s: guided decoding is off", self.config.path)
+            return None
+        tle = self._tle
+        return tle.GuidedDecodingConfig(tle.GuidedDecodingConfig.GuidedDecodingBackend.XGRAMMAR,
+                                        encoded_vocab=vocab[0], tokenizer_str=vocab[1],
+                                        stop_token_ids=list(self.config.eos_token_ids))
+
     def start(self) -> "TrtLlmEngine":
         self._thread.start()
         return self
 
     def submit(self, request: GenerationRequest) -> None:
+        """Raises ClientError (the llm stage answers 400) for settings this runtime cannot honour."""
         params = request.sampling
-        reason = unsupported(params)
+        refused = refusal(params, vocab_size=self._vocab_size, guided=self.executor_guided)
+        if refused is not None:
+            raise refused
         steps = self.options.max_num_tokens
-        if reason is None and not self.options.enable_chunked_context and steps and len(request.prompt_ids) > steps:
+        if not self.options.enable_chunked_context and steps and len(request.prompt_ids) > steps:
             # Without chunked context a prompt must fit one step; the Executor would refuse it less clearly.
-            reason = (f"the prompt is {len(request.prompt_ids)} tokens; without chunked context this engine takes "
-                      f"at most {steps} (max_num_tokens)")
-        if reason is not None:
-            self.on_output(EngineOutput(request.request_id, [], "error", len(request.prompt_ids), 0, reason))
+            self._fail_alone(request, f"the prompt is {len(request.prompt_ids)} tokens; without chunked context "
+                                      f"this engine takes at most {steps} (max_num_tokens)")
             return
         try:
             executor_request = self._request(request)
@@ -112,26 +134,41 @@ class TrtLlmEngine:
                 self._by_key[request.request_id] = key
         except Exception as exc:   # a request the Executor refuses fails alone
             log.exception("enqueue of %s failed", request.request_id)
-            self.on_output(EngineOutput(request.request_id, [], "error", len(request.prompt_ids), 0,
-                                        f"tensorrt_llm refused the request: {exc}"))
+            self._fail_alone(request, f"tensorrt_llm refused the request: {exc}")
+
+    def _fail_alone(self, request: GenerationRequest, error: str) -> None:
+        """A final "error" output for each of the request's n choices, before it reached the Executor."""
+        for out in closing_outputs(LiveRequest(request.request_id, len(request.prompt_ids), request.sampling),
+                                   "error", error):
+            self.on_output(out)
 
     def _request(self, request: GenerationRequest):
-        tle = self._tle
+        tle, params = self._tle, request.sampling
         ids = np.asarray(request.prompt_ids, np.int64)
-        scalars = request_kwargs(request.sampling)
+        scalars = request_kwargs(params)
         output_config = tle.OutputConfig(return_log_probs=scalars.pop("return_log_probs"),
-                                         exclude_input_from_output=True)
+                                         exclude_input_from_output=True,
+                                         return_perf_metrics=self.options.enable_kv_cache_reuse)
         table = prompt_table(ids, request.prompt_table, self.config.vocab_size)
         tuning = None
         if table is not None:
             tuning_args = [self._table_tensor(table)]
             if self.options.enable_kv_cache_reuse:
-                tuning_args.append(table_extra_ids(ids, table, self.config.vocab_size))
+                tuning_args.append(extra_ids(ids, request.prompt_extra_ids, table, self.config.vocab_size))
             tuning = tle.PromptTuningConfig(*tuning_args)
-        sampling = sampling_kwargs(request.sampling, random_seed=secrets.randbits(63))
+        optional = {"prompt_tuning_config": tuning, "cache_salt_id": cache_salt_id(request.cache_salt)}
+        bias = embedding_bias(params, self._vocab_size)
+        if bias is not None:
+            import torch
+
+            optional["embedding_bias"] = torch.from_numpy(bias)
+        if params.guide_kind is not None:
+            guide_type = getattr(tle.GuidedDecodingParams.GuideType, GUIDE_TYPES[params.guide_kind])
+            optional["guided_decoding_params"] = tle.GuidedDecodingParams(guide_type, guide=params.guide)
+        sampling = sampling_kwargs(params, random_seed=secrets.randbits(63))
         return tle.Request(ids.tolist(), sampling_config=tle.SamplingConfig(**sampling),
-                           output_config=output_config, prompt_tuning_config=tuning,
-                           **{k: v for k, v in scalars.items() if v is not None})
+                           output_config=output_config,
+                           **{k: v for k, v in {**scalars, **optional}.items() if v is not None})
 
     def _table_tensor(self, table: np.ndarray):
         """float32 [rows, hidden] -> a host torch tensor in the engine's dtype (the dtype must match the engine's
@@ -149,7 +186,7 @@ class TrtLlmEngine:
             with self._lock:
                 if key in self._live:
                     self._live[key].cancelled = True
-            self.executor.cancel_request(key)   # a final response follows, with CANCELLED from 0.16 on
+            self.executor.cancel_request(key)   # a final response follows for each sequence, CANCELLED
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -158,8 +195,8 @@ class TrtLlmEngine:
         with self._lock:   # whatever was still running gets its final response rather than silence
             live, self._live, self._by_key = list(self._live.values()), {}, {}
         for request in live:
-            self.on_output(EngineOutput(request.request_id, [], "error", request.prompt_len, request.completed,
-                                        "the llm engine shut down"))
+            for out in closing_outputs(request, "error", "the llm engine shut down"):
+                self.on_output(out)
 
     def _loop(self) -> None:
         last_stats = 0.0
@@ -190,29 +227,36 @@ class TrtLlmEngine:
                 self._by_key.pop(live.request_id, None)
         if live is not None:
             self.executor.cancel_request(key)
-            self.on_output(EngineOutput(live.request_id, [], "error", live.prompt_len, live.completed, error))
+            for out in closing_outputs(live, "error", error):
+                self.on_output(out)
 
     def _deliver(self, response) -> None:
         with self._lock:
             live = self._live.get(response.request_id)
         if live is None:
             return
-        if response.has_error() and live.cancelled:   # a cancelled request the Executor answers with an error
-            out = EngineOutput(live.request_id, [], "cancelled", live.prompt_len, live.completed)
-        elif response.has_error():
-            out = EngineOutput(live.request_id, [], "error", live.prompt_len, live.completed, response.error_msg)
+        if response.has_error():   # ends every sequence; a cancelled request the Executor answers so is cancelled
+            outs = closing_outputs(live, "cancelled" if live.cancelled else "error",
+                                   None if live.cancelled else response.error_msg)
+            request_final = True
         else:
             result = response.result
             reasons = getattr(result, "finish_reasons", None) or []
             log_probs = result.log_probs[0] if result.log_probs else None
-            out = engine_output(live, list(result.output_token_ids[0]), final=result.is_final,
-                                reason_name=reasons[0].name if reasons else None, log_probs=log_probs)
-        if out.finished:
+            if not live.cached_tokens:
+                live.cached_tokens = cached_tokens(result, self._block_tokens, live.prompt_len)
+            request_final = bool(result.is_final)
+            outs = [engine_output(live, list(result.output_token_ids[0]),
+                                  final=bool(getattr(result, "is_sequence_final", False)) or request_final,
+                                  reason_name=reasons[0].name if reasons else None, log_probs=log_probs,
+                                  sequence_index=int(getattr(result, "sequence_index", 0)))]
+        if request_final:
             with self._lock:
                 self._live.pop(response.request_id, None)
                 self._by_key.pop(live.request_id, None)
-        if out.token_ids or out.finished:
-            self.on_output(out)
+        for out in outs:
+            if out.token_ids or out.finished:
+                self.on_output(out)
 
     def _update_stats(self) -> None:
         iterations = self.executor.get_latest_iteration_stats()

@@ -95,8 +95,13 @@ class GenerationService:
                    for _ in range(sampling.n)]
         with self._lock:
             self._streams[key] = _Stream(stream, choices, sampling.min_tokens, label)
-        self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table,
-                                             prompt_extra_ids=prompt_extra_ids, cache_salt=cache_salt))
+        try:
+            self.engine.submit(GenerationRequest(key, prompt_ids, sampling, prompt_table,
+                                                 prompt_extra_ids=prompt_extra_ids, cache_salt=cache_salt))
+        except Exception:   # refused at once (a ClientError the caller answers): no stream to keep
+            with self._lock:
+                self._streams.pop(key, None)
+            raise
         return key
 
     def cancel_request(self, label: str) -> int:

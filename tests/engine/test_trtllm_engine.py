@@ -1,6 +1,7 @@
-"""TrtLlmEngine's own code (enqueue, the response thread, cancellation, errors, stats) against a strict stand-in
-for TensorRT-LLM 0.14's Executor bindings (tests/fake_trtllm.py): everything up to the point where the GPU takes
-over. The Executor itself has not run here (README, GPU deployment)."""
+"""TrtLlmEngine's own code (enqueue, the response thread, cancellation, errors, stats, choices, guided decoding,
+logit bias, KV-cache reuse) against a strict stand-in for TensorRT-LLM 1.2.1's Executor bindings
+(tests/fake_trtllm.py): everything up to the point where the GPU takes over. The Executor itself has not run
+here (README, GPU deployment)."""
 import json
 import queue
 import sys
@@ -11,7 +12,7 @@ import pytest
 from nanovl.engine import trtllm
 from nanovl.engine.trtllm_mapping import TrtLlmOptions
 from nanovl.engine.request import GenerationRequest, SamplingParams
-from nanovl.core.errors import ServerError
+from nanovl.core.errors import ClientError, ServerError
 from tests import fake_trtllm
 
 EOT, EOS = 9, 1
@@ -27,7 +28,8 @@ def fake(monkeypatch, config):
 def _engine(config, tmp_path, *, world_size=1, build=None, **options):
     (tmp_path / "config.json").write_text(json.dumps(
         {"pretrained_config": {"dtype": "bfloat16", "mapping": {"world_size": world_size}},
-         "build_config": build or {"max_batch_size": 64, "max_num_tokens": 8192}}))
+         "build_config": build or {"max_batch_size": 64, "max_num_tokens": 8192,
+                                   "plugin_config": {"tokens_per_block": fake_trtllm.Executor.tokens_per_block}}}))
     outputs: queue.SimpleQueue = queue.SimpleQueue()
     engine = trtllm.TrtLlmEngine(TrtLlmOptions(tmp_path, **options), config, outputs.put).start()
     return engine, outputs
@@ -143,12 +145,12 @@ def test_requests_the_executor_cannot_take_fail_alone(fake, config, tmp_path):
     try:
         engine.submit(GenerationRequest("empty", np.array([], np.int32), _params()))
         refused = _collect(outputs, "empty")
-        engine.submit(GenerationRequest("top", np.array([5], np.int32), _params(logprobs=2)))
-        unsupported = _collect(outputs, "top")
+        with pytest.raises(ClientError, match="top_logprobs > 0 is not available") as top:
+            engine.submit(GenerationRequest("top", np.array([5], np.int32), _params(logprobs=2)))
     finally:
         engine.shutdown()
     assert refused[-1].finish_reason == "error" and "refused the request" in refused[-1].error
-    assert unsupported[-1].finish_reason == "error" and "top_logprobs" in unsupported[-1].error
+    assert top.value.param == "top_logprobs" and len(fake.Executor.instances[0].enqueued) == 0
 
 
 def test_sampled_requests_without_a_seed_get_different_seeds(fake, config, tmp_path):
@@ -251,3 +253,111 @@ def test_tensor_parallelism_without_the_worker_program_fails_clearly(fake, confi
     engine.shutdown()
     assert fake.Executor.instances[-1].config.parallel_config.orchestrator_config.worker_executable_path == \
         str(configured)
+
+
+def _by_sequence(outputs, request_id, n, timeout=10.0):
+    """Outputs of a request with n choices until each has its final one -> {sequence index: [outputs]}."""
+    got: dict[int, list] = {}
+    while sum(1 for outs in got.values() if outs[-1].finished) < n:
+        out = outputs.get(timeout=timeout)
+        earlier = got.get(out.sequence_index, [])
+        assert out.request_id == request_id and not (earlier and earlier[-1].finished)   # nothing after a final
+        got.setdefault(out.sequence_index, []).append(out)
+    return got
+
+
+def test_n_choices_stream_as_sequences_that_end_on_their_own(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("r1", np.array([5, 6, 7, EOT], np.int32), _params(n=3)))
+        got = _by_sequence(outputs, "r1", 3)
+    finally:
+        engine.shutdown()
+    assert fake.Executor.instances[0].enqueued[0].sampling_config.num_return_sequences == 3
+    # The stand-in's choice i starts i tokens into the script [5, 6, 7, EOT].
+    texts = {i: [t for o in outs for t in o.token_ids] for i, outs in got.items()}
+    assert texts == {0: [5, 6, 7], 1: [6, 7], 2: [7]}
+    assert {i: (outs[-1].finish_reason, outs[-1].completion_tokens) for i, outs in got.items()} == \
+        {0: ("stop", 3), 1: ("stop", 2), 2: ("stop", 1)}
+    assert engine._live == {}
+
+
+def test_guided_decoding_runs_xgrammar_over_the_checkpoint_tokenizer(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    schema = '{"type": "object", "properties": {"answer": {"type": "string"}}}'
+    try:
+        engine.submit(GenerationRequest("r1", np.array([5, EOT], np.int32),
+                                        _params(guide_kind="json_schema", guide=schema)))
+        _collect(outputs)
+    finally:
+        engine.shutdown()
+    guided = fake.Executor.instances[0].config.guided_decoding_config
+    assert guided.backend is fake.GuidedDecodingConfig.GuidedDecodingBackend.XGRAMMAR
+    assert guided.tokenizer_str == (config.path / "tokenizer.json").read_text()
+    # The tokenizer's ids; the model's padded vocabulary may be larger (xgrammar pads the mask to it).
+    top = max(t["id"] for t in json.loads(guided.tokenizer_str)["added_tokens"])
+    assert len(guided.encoded_vocab) == top + 1 <= config.vocab_size
+    assert guided.stop_token_ids == list(config.eos_token_ids)
+    params = fake.Executor.instances[0].enqueued[0].guided_decoding_params
+    assert params.guide_type is fake.GuidedDecodingParams.GuideType.JSON_SCHEMA and params.guide == schema
+
+
+def test_without_guided_decoding_a_guided_request_is_a_client_error(fake, config, tmp_path):
+    engine, _ = _engine(config, tmp_path, enable_guided_decoding=False)
+    try:
+        with pytest.raises(ClientError, match="structured output") as refused:
+            engine.submit(GenerationRequest("r1", np.array([5], np.int32), _params(guide_kind="regex", guide="a+")))
+    finally:
+        engine.shutdown()
+    assert refused.value.param == "response_format" and fake.Executor.instances[0].config.guided_decoding_config is None
+
+
+@pytest.mark.needs_torch
+def test_logit_bias_reaches_the_executor_as_its_embedding_bias(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("r1", np.array([5, 6, EOT], np.int32),
+                                        _params(max_tokens=3, logit_bias=((42, 100.0), (6, -5.0)))))
+        got = _collect(outputs)
+    finally:
+        engine.shutdown()
+    bias = fake.Executor.instances[0].enqueued[0].embedding_bias
+    assert tuple(bias.shape) == (config.vocab_size,) and float(bias[42]) == 100.0 and float(bias[6]) == -5.0
+    assert [t for o in got for t in o.token_ids] == [42, 42, 42]   # the stand-in's sampler obeys a +100 bias
+
+
+@pytest.mark.needs_torch
+def test_kv_reuse_reuses_an_image_only_for_the_same_image_and_salt(fake, config, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(fake.Executor, "table_dtype", torch.bfloat16)
+    vocab = config.vocab_size
+    ids = np.array([5, 6, 7, 8, vocab, vocab + 1, vocab + 2, vocab + 3, EOT], np.int32)   # blocks of 4: 2 full
+    table = np.zeros((4, config.llm_hidden_size), np.float32)
+    image = lambda h: np.array([0, 0, 0, 0, h, h, h, h, 0], np.int64)   # noqa: E731
+    engine, outputs = _engine(config, tmp_path)
+    cached = []
+    try:
+        for name, extra, salt in [("a", image(11), None), ("b", image(11), None), ("c", image(12), None),
+                                  ("d", image(11), "tenant")]:
+            engine.submit(GenerationRequest(name, ids, _params(), table, prompt_extra_ids=extra, cache_salt=salt))
+            cached.append(_collect(outputs, name)[-1].cached_tokens)
+    finally:
+        engine.shutdown()
+    # The same image: both blocks; another image: the text block before it; another tenant: none.
+    assert cached == [0, 8, 4, 0]
+    first = fake.Executor.instances[0].enqueued[0]
+    assert first.prompt_tuning_config.input_token_extra_ids == image(11).tolist()
+    assert first.output_config.return_perf_metrics and fake.Executor.instances[0].config.kv_cache_config.enable_block_reuse
+    assert fake.Executor.instances[0].enqueued[3].cache_salt_id not in (None, first.cache_salt_id)
+
+
+def test_a_refused_request_with_n_choices_ends_each_of_them(fake, config, tmp_path):
+    engine, outputs = _engine(config, tmp_path)
+    try:
+        engine.submit(GenerationRequest("empty", np.array([], np.int32), _params(n=2)))
+        got = _by_sequence(outputs, "empty", 2)
+    finally:
+        engine.shutdown()
+    assert sorted(got) == [0, 1]
+    assert all(outs[-1].finish_reason == "error" and "refused the request" in outs[-1].error for outs in got.values())

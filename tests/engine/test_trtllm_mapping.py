@@ -10,7 +10,7 @@ from nanovl.engine import trtllm_mapping as mapping
 from nanovl.engine.trtllm import TrtLlmEngine
 from nanovl.engine.factory import EngineSettings, build_engine
 from nanovl.engine.request import SamplingParams
-from nanovl.core.errors import ServerError
+from nanovl.core.errors import ClientError, ServerError
 
 VOCAB = 1000
 EOT, EOS, EOM = 9, 1, 8
@@ -27,7 +27,9 @@ def test_every_sampling_setting_is_mapped():
                             frequency_penalty=0.5, presence_penalty=-0.25)
     assert mapping.sampling_kwargs(params) == {
         "beam_width": 1, "top_k": 40, "top_p": 0.9, "temperature": 0.7, "seed": 11, "min_tokens": 5,
-        "repetition_penalty": 1.1, "presence_penalty": -0.25, "frequency_penalty": 0.5}
+        "repetition_penalty": 1.1, "presence_penalty": -0.25, "frequency_penalty": 0.5,
+        "num_return_sequences": None}
+    assert mapping.sampling_kwargs(SamplingParams(n=3))["num_return_sequences"] == 3
 
 
 def test_plain_sampling_sends_top_p_so_the_executor_does_not_decode_greedily():
@@ -50,9 +52,70 @@ def test_stop_ids_become_end_id_and_stop_words():
     assert mapping.request_kwargs(SamplingParams(stop_token_ids=(EOT,)))["stop_words"] is None
 
 
-def test_top_logprobs_are_refused_clearly():
-    assert mapping.unsupported(SamplingParams(logprobs=0)) is None
-    assert "top_logprobs" in mapping.unsupported(SamplingParams(logprobs=3))
+def _refusal(params, guided=True):
+    return mapping.refusal(params, vocab_size=VOCAB, guided=guided)
+
+
+def test_what_the_runtime_cannot_honour_is_a_client_error_naming_the_field():
+    assert _refusal(SamplingParams(logprobs=0)) is None
+    assert _refusal(SamplingParams(guide_kind="regex", guide="[0-9]+")) is None
+    for params, guided, field in [(SamplingParams(logprobs=3), True, "top_logprobs"),
+                                  (SamplingParams(guide_kind="json"), False, "response_format"),
+                                  (SamplingParams(guide_kind="grammar-of-my-own"), True, "response_format"),
+                                  (SamplingParams(logit_bias=((VOCAB, 1.0),)), True, "logit_bias")]:
+        refused = _refusal(params, guided)
+        assert isinstance(refused, ClientError) and refused.status == 400 and refused.param == field
+        assert "tensorrt_llm engine (TensorRT-LLM 1.2.1)" in refused.message or field == "logit_bias"
+
+
+def test_every_guide_kind_names_a_guide_type_of_the_bindings():
+    from tests import fake_trtllm
+
+    assert set(mapping.GUIDE_TYPES) == {"json", "json_schema", "regex", "ebnf", "structural_tag"}
+    assert {getattr(fake_trtllm.GuidedDecodingParams.GuideType, name).name for name in mapping.GUIDE_TYPES.values()} \
+        == {t.name for t in fake_trtllm.GuidedDecodingParams.GuideType}
+
+
+def test_logit_bias_becomes_a_vocabulary_sized_float32_bias():
+    bias = mapping.embedding_bias(SamplingParams(logit_bias=((3, 2.5), (7, -100.0))), VOCAB)
+    assert bias.dtype == np.float32 and bias.shape == (VOCAB,)
+    assert (bias[3], bias[7]) == (2.5, -100.0) and np.count_nonzero(bias) == 2
+    assert mapping.embedding_bias(SamplingParams(), VOCAB) is None
+
+
+def test_cache_salts_become_distinct_nonzero_ids():
+    assert mapping.cache_salt_id(None) is None
+    a, b = mapping.cache_salt_id("tenant-a"), mapping.cache_salt_id("tenant-b")
+    assert a != b and 0 < a < 2 ** 63 and a == mapping.cache_salt_id("tenant-a")
+
+
+def test_the_request_extra_ids_win_over_the_table_hash():
+    ids = np.array([5, VOCAB, VOCAB + 1, 7])
+    table = np.zeros((2, 4), np.float32)
+    assert mapping.extra_ids(ids, np.array([0, 11, 11, 0]), table, VOCAB) == [0, 11, 11, 0]
+    assert mapping.extra_ids(ids, None, table, VOCAB) == mapping.table_extra_ids(ids, table, VOCAB)
+    with pytest.raises(ServerError, match="3 ids for a 4-token prompt"):
+        mapping.extra_ids(ids, np.array([0, 1, 1]), table, VOCAB)
+
+
+def test_guided_decoding_vocab_is_the_tokenizer_by_id(tiny_checkpoint, tmp_path):
+    encoded, text = mapping.guided_decoding_vocab(tiny_checkpoint)
+    spec = json.loads(text)
+    assert text == (tiny_checkpoint / "tokenizer.json").read_text()
+    for token, i in list(spec["model"]["vocab"].items())[:50]:
+        assert encoded[i] == token
+    for added in spec["added_tokens"]:
+        assert encoded[added["id"]] == added["content"]
+    assert mapping.guided_decoding_vocab(tmp_path) is None
+
+
+def test_cached_tokens_come_from_the_reused_blocks():
+    result = SimpleNamespace(request_perf_metrics=SimpleNamespace(kv_cache_metrics=SimpleNamespace(num_reused_blocks=3)))
+    assert mapping.cached_tokens(result, 64, prompt_len=1000) == 192
+    assert mapping.cached_tokens(result, 64, prompt_len=150) == 150
+    assert mapping.cached_tokens(SimpleNamespace(request_perf_metrics=None), 64, prompt_len=150) == 0
+    assert mapping.tokens_per_block({"build_config": {"plugin_config": {"tokens_per_block": 64}}}) == 64
+    assert mapping.tokens_per_block({}) == 32
 
 
 def test_prompt_table_rows_are_checked():
@@ -99,7 +162,7 @@ def test_a_final_result_without_a_reason_is_told_apart_by_its_length():
 
 
 def test_a_cancelled_request_ends_cancelled_whatever_its_last_reason():
-    # TensorRT-LLM 0.14 has no CANCELLED reason: the final response of a cancelled request says LENGTH or nothing.
+    # A cancel can race a sequence's own end: its final response may say LENGTH, or nothing.
     live = _live()
     live.cancelled = True
     assert mapping.engine_output(live, [4], final=False, reason_name="NOT_FINISHED").finish_reason is None
@@ -116,6 +179,15 @@ def test_logprobs_follow_the_shown_tokens():
     out = mapping.engine_output(_live(logprobs=0), [4, EOT], final=True, reason_name="END_ID",
                                log_probs=[-0.1, -0.2, -0.3])
     assert [lp.logprob for lp in out.logprobs] == [-0.2] and out.logprobs[0].top == []
+
+
+def test_each_sequence_counts_and_finishes_on_its_own():
+    live = _live(n=2)
+    assert mapping.engine_output(live, [4], final=False, reason_name=None, sequence_index=1).completion_tokens == 1
+    first = mapping.engine_output(live, [5, 6], final=True, reason_name="LENGTH", sequence_index=0)
+    assert (first.sequence_index, first.completion_tokens, first.finish_reason) == (0, 2, "length")
+    closing = mapping.closing_outputs(live, "error", "gone")
+    assert [(o.sequence_index, o.completion_tokens, o.finish_reason) for o in closing] == [(1, 1, "error")]
 
 
 def test_iteration_stats():

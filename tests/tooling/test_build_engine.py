@@ -67,9 +67,75 @@ def test_fp8_plan_quantizes_weights_and_kv_cache(config, tmp_path):
     quantize = _step(steps, "quantize.py")
     assert _value(quantize, "--qformat") == "fp8" and _value(quantize, "--kv_cache_dtype") == "fp8"
     assert _value(_step(steps, "trtllm-build"), "--use_fp8_context_fmha") == "enable"
+    kept = _step(_plan(config, tmp_path, "--dtype", "fp8", "--kv-cache-dtype", "bfloat16"), "quantize.py")
+    assert "--kv_cache_dtype" not in kept
     assert "--calib_dataset" not in quantize
     local = _step(_plan(config, tmp_path, "--dtype", "fp8", "--calib-dataset", "/data/calib"), "quantize.py")
     assert _value(local, "--calib_dataset") == "/data/calib"
+
+
+def test_nvfp4_and_an_fp8_kv_cache_for_bf16_weights(config, tmp_path):
+    nvfp4 = _plan(config, tmp_path, "--dtype", "nvfp4")
+    assert _value(_step(nvfp4, "quantize.py"), "--qformat") == "nvfp4"
+    assert _value(_step(nvfp4, "quantize.py"), "--kv_cache_dtype") == "fp8"
+    kv_only = _plan(config, tmp_path, "--kv-cache-dtype", "fp8")
+    quantize = _step(kv_only, "quantize.py")
+    assert _value(quantize, "--qformat") == "full_prec" and _value(quantize, "--kv_cache_dtype") == "fp8"
+    plain = _step(_plan(config, tmp_path), "trtllm-build")
+    assert _value(plain, "--use_fp8_context_fmha") == "disable" and _value(plain, "--tokens_per_block") == "64"
+    assert _value(plain, "--logits_dtype") == "float32"
+
+
+@pytest.mark.parametrize("dtype", make_engine.DTYPES)
+@pytest.mark.parametrize("kv", make_engine.KV_CACHE_DTYPES)
+def test_every_planned_tool_command_takes_only_that_releases_flags(config, tmp_path, dtype, kv):
+    from tests.fake_trtllm_tools import BUILD, CONVERT, QUANTIZE, check
+
+    steps = _plan(config, tmp_path, "--dtype", dtype, "--kv-cache-dtype", kv, "--tp", "2")
+    checked = 0
+    for argv in steps:
+        tool = {"convert_checkpoint.py": CONVERT, "quantize.py": QUANTIZE, "trtllm-build": BUILD}.get(
+            next((a.rsplit("/", 1)[-1] for a in argv[:2] if a.endswith((".py", "trtllm-build"))), ""))
+        if tool is not None:
+            check(tool, argv[2:] if argv[0] != "trtllm-build" else argv[1:])
+            checked += 1
+    assert checked == 2   # the conversion and the engine build
+
+
+def test_the_tool_stand_ins_refuse_what_their_release_does_not_take():
+    from tests.fake_trtllm_tools import BUILD, QUANTIZE, check
+
+    with pytest.raises(SystemExit, match="unrecognized argument '--paged_kv_cache_type'"):
+        check(BUILD, ["--paged_kv_cache_type", "paged"])
+    with pytest.raises(SystemExit, match="--qformat: invalid choice 'mxfp4'"):
+        check(QUANTIZE, ["--qformat", "mxfp4"])
+    assert check(BUILD, ["--gemm_plugin", "nvfp4", "--strip_plan"]) == {"gemm_plugin": "nvfp4", "strip_plan": True}
+
+
+@pytest.mark.parametrize("dtype, kv, gpu, refused", [
+    ("nvfp4", "auto", ("NVIDIA H200", (9, 0)), "DTYPE=nvfp4 needs a Blackwell GPU (compute capability 10.0"),
+    ("fp8", "auto", ("NVIDIA A100-SXM4-80GB", (8, 0)), "FP8 needs an Ada or Hopper GPU"),
+    ("bfloat16", "fp8", ("NVIDIA A100-SXM4-80GB", (8, 0)), "KV_CACHE_DTYPE=bfloat16"),
+    ("nvfp4", "auto", ("NVIDIA B200", (10, 0)), None),
+    ("nvfp4", "auto", ("NVIDIA GeForce RTX 5090", (12, 0)), None),
+    ("fp8", "auto", ("NVIDIA H200", (9, 0)), None),
+    ("bfloat16", "auto", ("Tesla V100-SXM2-32GB", (7, 0)), None),
+])
+def test_formats_the_gpu_cannot_run_are_refused_before_anything_runs(tiny_checkpoint, tmp_path, monkeypatch, capsys,
+                                                                     dtype, kv, gpu, refused):
+    examples, log = _trtllm_tools(tmp_path, monkeypatch)
+    monkeypatch.setattr(make_engine, "gpu_capability", lambda: gpu)
+    out = tmp_path / "out"
+    code = make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(out), "--dtype", dtype,
+                             "--kv-cache-dtype", kv, "--vision", "pytorch", "--trtllm-examples", str(examples),
+                             "--calib-dataset", str(tmp_path)])
+    err = capsys.readouterr().err
+    if refused:
+        assert code == 2 and refused in err and gpu[0] in err and not out.exists() and not log.exists()
+    else:
+        assert code == 0, err
+        assert [line.split()[0] for line in log.read_text().splitlines()] == \
+            ["convert" if (dtype, kv) == ("bfloat16", "auto") else "quantize", "build"]
 
 
 def test_planned_repository_selects_the_engines(config, tmp_path):
@@ -146,9 +212,9 @@ def test_wrong_checkpoint_fails_clearly(tiny_checkpoint, tmp_path, breakage, mes
 
 
 def test_vision_pytorch_is_refused_where_transformers_cannot_run_it(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    # In NVIDIA's TensorRT-LLM 0.14 container python3 has transformers 4.45: no RadioModel.
+    # In NVIDIA's TensorRT-LLM 1.2.1 container python3 has transformers 4.57: no RadioModel.
     # transformers 5.0-5.12 have no RadioModel either.
-    for old in ((4, 45), (5, 12)):
+    for old in ((4, 57), (5, 12)):
         monkeypatch.setattr(make_engine, "transformers_version", lambda: old)
         assert make_engine.main(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--dry-run",
                                  "--vision", "pytorch"]) == 2
@@ -167,13 +233,18 @@ def _stub(path, body):
 
 
 def _trtllm_tools(tmp_path, monkeypatch, build_body=None):
-    """Stand-ins for TensorRT-LLM's tools (they need a GPU) that log their arguments -> (examples dir, log).
-    build_body: what the trtllm-build stand-in does instead of logging."""
+    """Stand-ins for TensorRT-LLM 1.2.1's tools (they need a GPU), where that release has them, which take only
+    their real flags (tests/fake_trtllm_tools.py) and log their arguments -> (examples dir, log).
+    build_body: what the trtllm-build stand-in does instead."""
     examples, log = tmp_path / "examples", tmp_path / "steps.log"
-    script = examples / "llama" / "convert_checkpoint.py"   # run by the steps' Python, as the real one is
-    script.parent.mkdir(parents=True)
-    script.write_text(f"import sys\nopen({str(log)!r}, 'a').write(' '.join(['convert', *sys.argv[1:]]) + '\\n')\n")
-    _stub(tmp_path / "bin" / "trtllm-build", build_body or f'echo build "$@" >> {log}')
+    for tool, script in (("convert", "models/core/llama/convert_checkpoint.py"),
+                         ("quantize", "quantization/quantize.py")):   # run by the steps' Python, as the real ones
+        (examples / script).parent.mkdir(parents=True, exist_ok=True)
+        (examples / script).write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                                       "from tests.fake_trtllm_tools import main\n"
+                                       f"sys.exit(main([{tool!r}, {str(log)!r}, *sys.argv[1:]]))\n")
+    _stub(tmp_path / "bin" / "trtllm-build",
+          build_body or f'PYTHONPATH={ROOT} exec {sys.executable} -m tests.fake_trtllm_tools build {log} "$@"')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     return examples, log
 
@@ -243,7 +314,7 @@ def test_max_num_tokens_must_be_a_multiple_of_the_kv_block(config, tmp_path, cap
 
 
 def test_a_calibration_set_must_be_a_directory_quantize_py_reads_as_local(tiny_checkpoint, tmp_path, capsys):
-    # quantize.py (0.14) loads a local set only from a directory, and takes any name holding cnn_dailymail for
+    # quantize.py loads a local set only from a directory, and takes any name holding cnn_dailymail for
     # the Hub's: both would fail (or go online) after the conversion has started.
     with pytest.raises(SystemExit):
         make_engine.parse_args(["--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--dtype", "fp8",

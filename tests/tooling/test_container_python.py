@@ -1,7 +1,8 @@
-"""The GPU image runs our code under Python 3.10 (NVIDIA's 24.10 container is Ubuntu 22.04): its python3 serves
+"""The GPU image runs our code under Python 3.12 (NVIDIA's 26.04 container is Ubuntu 24.04): its python3 serves
 the stages and the frontend with TensorRT-LLM engines and runs `make engine`, and the PyTorch venv is made from
-it. `make test-container` runs the tests of what it serves under that Python and TensorRT-LLM 0.14's pins, and
-compiles every file there; this reads every file for syntax and standard-library names newer than 3.10."""
+it. `make test-container` runs the tests of what it serves under that Python and TensorRT-LLM 1.2.1's pins, and
+compiles every file there. The package still declares Python >= 3.10 (pyproject's requires-python, for CPU
+installs), so this reads every file for syntax and standard-library names newer than 3.10."""
 import subprocess
 import sys
 from pathlib import Path

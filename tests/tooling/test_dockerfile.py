@@ -84,3 +84,25 @@ def test_what_the_image_installs_has_pyprojects_bounds():
     assert set(installed) == set(wanted)
     for name, requirement in installed.items():
         assert (requirement.specifier, requirement.extras) == (wanted[name].specifier, wanted[name].extras), name
+
+
+def _arg(name: str) -> str:
+    (value,) = [i["value"].split("=", 1)[1] for i in _instructions()
+                if i["instruction"] == "ARG" and i["value"].startswith(f"{name}=")]
+    return value
+
+
+def test_the_image_is_the_tensorrt_llm_release_the_stand_ins_follow():
+    """The bindings and tools stand-ins take one release's names; the image must carry that release, and says so
+    at build time rather than at the first request."""
+    from tests import fake_trtllm, fake_trtllm_tools
+
+    version = _arg("TRTLLM_VERSION")
+    assert version == "1.2.1"
+    assert f"TensorRT-LLM {version}" in fake_trtllm.__doc__ and f"TensorRT-LLM {version}" in fake_trtllm_tools.__doc__
+    (base,) = [i["value"] for i in _instructions() if i["instruction"] == "FROM"]
+    assert base == "nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-trtllm-python-py3"
+    assert re.fullmatch(r"26\.\d\d", _arg("TRITON_VERSION"))
+    runs = [i["value"] for i in _instructions() if i["instruction"] == "RUN"]
+    assert any("version('tensorrt_llm')" in run and "${TRTLLM_VERSION}" in run for run in runs)
+    assert any("--branch v${TRTLLM_VERSION}" in run and "examples/models/core/llama" in run for run in runs)
